@@ -1,0 +1,3 @@
+from ascend_conformance.cli import main
+
+raise SystemExit(main())
