@@ -1,0 +1,340 @@
+"""A warm pool of n rank processes (parent side; the child side is rank_main.py).
+
+The pool is spawned once from a forkserver that has already imported torch, joins one
+torch.distributed world through a TCPStore the parent binds to port 0, and then serves any number of
+``run`` calls. A run either returns every rank's value, or raises :class:`RankFailure` naming the rank:
+
+- a rank raised: its remote traceback; ranks still running get a short grace to finish, then are
+  aborted with their stacks (they are typically blocked in a collective waiting for the failed rank);
+- a rank exited (os._exit, SIGSEGV, SIGKILL): its exit code or signal and the tail of its log, which
+  holds faulthandler's stack for fatal signals;
+- the run exceeded its timeout: every rank's Python stack (faulthandler, SIGUSR1).
+After anything but a clean run the pool is killed (never reused), so the next test starts clean.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import time
+from datetime import timedelta
+
+from ascend_conformance.harness import rank_main
+from ascend_conformance.harness.rank_main import Failure, RankSpec, Task
+
+LOG_TAIL_LINES = 40
+_serial = itertools.count()
+_context = None
+
+
+def forkserver_context():
+    """The forkserver, started once per process with torch imported, so a new rank costs a fork.
+
+    The device runtime is not initialised in the server (torch_npu / CUDA are touched only by a rank,
+    after its visible-devices variable is set).
+    """
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["torch", "torch.distributed", "ascend_conformance.harness.rank_main"])
+    return _context
+
+
+def prestart_forkserver() -> None:
+    """Start the forkserver now; it imports torch while the session goes on collecting tests."""
+    forkserver_context()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+class RankFailure(AssertionError):
+    """A run failed in one or more ranks; the message names them and carries their evidence."""
+
+
+class PoolStartError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class PoolConfig:
+    platform: str
+    devices: tuple  # leased physical ids, rank r on devices[r]
+    env: dict  # extra environment for every rank (visible devices, ports)
+    log_dir: str
+    start_timeout: float = 120.0
+    failure_grace: float = 3.0  # how long survivors may take to finish after another rank failed
+    pg_timeout: float = 3600.0  # the harness, not the backend, decides when a collective hangs
+
+
+class RankPool:
+    def __init__(self, n: int, config: PoolConfig):
+        self.n = n
+        self.config = config
+        self.serial = next(_serial)
+        self.healthy = False
+        self.runs = 0
+        self.last_used = time.monotonic()
+        self._procs: list = []
+        self._conns: list = []
+        self._store = None
+        self.log_paths = [os.path.join(config.log_dir, f"rank{r}.log") for r in range(n)]
+        self.stack_paths = [os.path.join(config.log_dir, f"rank{r}.stacks") for r in range(n)]
+
+    @property
+    def key(self):
+        return self.n, tuple(self.config.devices)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> "RankPool":
+        import torch.distributed as dist
+
+        os.makedirs(self.config.log_dir, exist_ok=True)
+        self._store = dist.TCPStore("127.0.0.1", 0, self.n + 1, is_master=True, wait_for_workers=False,
+                                    timeout=timedelta(seconds=self.config.start_timeout))
+        ctx = forkserver_context()
+        prefix = f"pool{os.getpid()}-{self.serial}"
+        for rank in range(self.n):
+            parent_end, child_end = ctx.Pipe()
+            spec = RankSpec(rank=rank, world_size=self.n, platform=self.config.platform, env=dict(self.config.env),
+                            store_host="127.0.0.1", store_port=self._store.port, store_prefix=prefix,
+                            log_path=self.log_paths[rank], stack_path=self.stack_paths[rank],
+                            parent_pid=os.getpid(), device_index=self.config.devices[rank],
+                            pg_timeout_s=self.config.pg_timeout)
+            proc = ctx.Process(target=rank_main.rank_main, args=(spec, child_end), daemon=True,
+                               name=f"ascend-conformance-rank{rank}")
+            proc.start()
+            child_end.close()
+            self._procs.append(proc)
+            self._conns.append(parent_end)
+        replies = self._collect(time.monotonic() + self.config.start_timeout)
+        failures = [p for p in replies.values() if isinstance(p, Failure)]
+        if failures or len(replies) < self.n:
+            self.kill()
+            detail = "\n".join(self._describe_failure(f) for f in failures) or self._missing_report(replies)
+            raise PoolStartError(f"a {self.n}-rank {self.config.platform} world could not start:\n{detail}")
+        self.healthy = True
+        return self
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop ranks politely (they destroy their process groups), kill what does not stop."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        self.healthy = False
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self._procs:
+            proc.join(5)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        self._store = None
+
+    # --- running ------------------------------------------------------------------------------------
+    def run(self, fn, args: tuple, kwargs: dict, test_id: str, timeout: float) -> list:
+        if not self.healthy:
+            raise RuntimeError("run on a pool that is not healthy")
+        self.runs += 1
+        self.last_used = time.monotonic()
+        task = Task(test_id=test_id, module=fn.__module__, module_file=_module_file(fn), qualname=fn.__qualname__,
+                    payload=pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL), sys_path=list(sys.path))
+        blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        log_offsets = [_size(p) for p in self.log_paths]
+        for conn in self._conns:
+            conn.send_bytes(blob)
+        replies = self._collect(time.monotonic() + timeout, grace=self.config.failure_grace)
+
+        results = [None] * self.n
+        failures: list[Failure] = []  # in arrival order: the first to fail is usually the cause
+        cleanup_errors = []
+        for rank, reply in replies.items():
+            if isinstance(reply, tuple):
+                outcome, value, cleanup_error = reply
+                if outcome == "ok":
+                    results[rank] = value
+                else:
+                    failures.append(value)
+                if cleanup_error:
+                    cleanup_errors.append((rank, cleanup_error))
+        missing = [r for r in range(self.n) if r not in replies]
+        dead = {r: reply for r, reply in replies.items() if isinstance(reply, _Exited)}
+
+        if not failures and not missing and not dead:
+            if cleanup_errors:
+                self.kill()  # results are valid; the next test must not inherit this state
+            self.last_used = time.monotonic()
+            return results
+
+        if failures and all(f.skipped for f in failures) and not missing and not dead and len(failures) == self.n:
+            raise _SkipAll(failures[0].message)
+        self._raise_failure(failures, dead, missing, replies, timeout, log_offsets)
+
+    def _raise_failure(self, failures, dead, missing, replies, timeout, log_offsets) -> None:
+        timed_out = bool(missing) and not failures and not dead
+        stacks = self._dump_stacks(missing) if missing else {}
+        self.kill()
+        parts = []
+        if timed_out:
+            parts.append(f"world of {self.n} ranks timed out after {timeout:g}s (--rank-timeout): "
+                         f"ranks {missing} did not return; every rank's stack follows")
+            stacks = stacks or {}
+        # A rank that died is the cause; its peers' errors ("connection closed by peer") are consequences.
+        for rank, exited in sorted(dead.items()):
+            parts.append(f"rank {rank} of {self.n} {exited.describe()}")
+        for failure in failures:
+            parts.append(self._describe_failure(failure))
+        if missing and not timed_out:
+            parts.append(f"ranks {missing} were still running {self.config.failure_grace:g}s after the failure "
+                         f"and were aborted (probably blocked in a collective waiting for the failed rank)")
+        for rank in sorted(stacks):
+            parts.append(f"--- rank {rank} stack ---\n{stacks[rank].rstrip()}")
+        for rank in sorted(set(missing) | set(dead) | {f.rank for f in failures}):
+            tail = _tail(self.log_paths[rank], log_offsets[rank])
+            if tail:
+                parts.append(f"--- rank {rank} log tail ({self.log_paths[rank]}) ---\n{tail}")
+        raise RankFailure("\n".join(parts))
+
+    def _describe_failure(self, failure: Failure) -> str:
+        return (f"rank {failure.rank} of {self.n} raised {failure.exc_type}: {failure.message}\n"
+                f"--- rank {failure.rank} traceback ---\n{failure.traceback.rstrip()}")
+
+    def _missing_report(self, replies) -> str:
+        lines = []
+        for rank in range(self.n):
+            reply = replies.get(rank)
+            if isinstance(reply, _Exited):
+                lines.append(f"rank {rank} {reply.describe()}\n{_tail(self.log_paths[rank], 0)}")
+            elif reply is None:
+                lines.append(f"rank {rank} did not join within {self.config.start_timeout:g}s\n"
+                             f"{_tail(self.log_paths[rank], 0)}")
+        return "\n".join(lines)
+
+    def _collect(self, deadline: float, grace: float | None = None) -> dict:
+        """Wait for one reply per rank until `deadline`; an exited rank's reply is an _Exited."""
+        replies: dict = {}
+        waiting = {conn: rank for rank, conn in enumerate(self._conns)}
+        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        while waiting:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            ready = multiprocessing.connection.wait(list(waiting) + [s for s, r in sentinels.items() if r not in replies],
+                                                    timeout=deadline - now)
+            for obj in ready:
+                if obj in waiting:
+                    rank = waiting[obj]
+                    try:
+                        kind, payload = obj.recv()
+                    except (EOFError, OSError):
+                        continue  # the sentinel reports the exit
+                    del waiting[obj]
+                    replies[rank] = payload
+                    if kind == "fatal" or (kind == "result" and payload[0] == "raise"):
+                        # the others may now wait forever for the failed rank: give them a grace only
+                        deadline = min(deadline, time.monotonic() + (grace if grace is not None else 1.0))
+                elif obj in sentinels:
+                    rank = sentinels[obj]
+                    if rank in replies:
+                        continue
+                    conn = self._conns[rank]
+                    if conn in waiting and conn.poll():
+                        continue  # the rank replied before exiting: read the reply first
+                    self._procs[rank].join(1)
+                    replies[rank] = _Exited(self._procs[rank].exitcode)
+                    waiting.pop(conn, None)
+                    deadline = min(deadline, time.monotonic() + (grace if grace is not None else 1.0))
+        return replies
+
+    def _dump_stacks(self, ranks: list[int]) -> dict[int, str]:
+        """Every listed rank's Python stack, through faulthandler's SIGUSR1 handler."""
+        offsets = {r: _size(self.stack_paths[r]) for r in ranks}
+        for rank in ranks:
+            proc = self._procs[rank]
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, rank_main.STACK_SIGNAL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 3.0
+        stacks: dict[int, str] = {}
+        while time.monotonic() < deadline and len(stacks) < len(ranks):
+            time.sleep(0.05)
+            for rank in ranks:
+                text = _read_from(self.stack_paths[rank], offsets[rank])
+                # faulthandler writes the whole dump in one go; a dump ends with the main thread
+                if text and "most recent call first" in text and rank not in stacks:
+                    time.sleep(0.05)
+                    stacks[rank] = _read_from(self.stack_paths[rank], offsets[rank])
+        for rank in ranks:
+            stacks.setdefault(rank, "(no stack: the rank did not answer SIGUSR1)")
+        return stacks
+
+
+@dataclasses.dataclass
+class _Exited:
+    exitcode: int | None
+
+    def describe(self) -> str:
+        code = self.exitcode
+        if code is None:
+            return "disappeared (exit status unknown)"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"was killed by {name} (signal {-code})"
+        return f"exited with code {code}"
+
+
+class _SkipAll(Exception):
+    """Every rank called pytest.skip: the test is skipped with rank 0's reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _module_file(fn) -> str | None:
+    module = sys.modules.get(fn.__module__)
+    return getattr(module, "__file__", None)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(path: str, offset: int) -> str:
+    lines = _read_from(path, offset).rstrip().splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
