@@ -25,7 +25,8 @@ import time
 from datetime import timedelta
 
 from ascend_conformance.harness import rank_main
-from ascend_conformance.harness.rank_main import Failure, RankSpec, Task
+from ascend_conformance.harness.execution import Failure
+from ascend_conformance.harness.rank_main import RankSpec, Task
 
 LOG_TAIL_LINES = 40
 _serial = itertools.count()

@@ -31,7 +31,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ascend_conformance.harness import context
+from ascend_conformance.harness import context, execution
+from ascend_conformance.harness.execution import Failure
 
 STACK_SIGNAL = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1
@@ -61,15 +62,6 @@ class Task:
     qualname: str
     payload: bytes  # pickle of (args, kwargs), unpickled after the module is importable
     sys_path: list
-
-
-@dataclasses.dataclass
-class Failure:
-    rank: int
-    exc_type: str
-    message: str
-    traceback: str
-    skipped: bool = False
 
 
 def rank_main(spec: RankSpec, conn) -> None:
@@ -151,9 +143,9 @@ def _serve(spec: RankSpec, device: str, conn) -> None:
         if task is None:
             break
         print(f"===== {task.test_id} =====", flush=True)
-        groups_before = _process_groups()
+        groups_before = execution.process_groups()
         outcome, value = _run_task(spec, device, task)
-        cleanup_error = _cleanup(groups_before, plat)
+        cleanup_error = execution.clean_up(groups_before, plat)
         try:
             conn.send(("result", (outcome, value, cleanup_error)))
         except Exception:  # noqa: BLE001 - unpicklable return value
@@ -169,43 +161,17 @@ def _run_task(spec: RankSpec, device: str, task: Task):
 
     plat = platforms.get()
     seed, world_seed = context.seeds_for(task.test_id, spec.rank)
-    context.set_rank_context(context.RankContext(
+    rank_ctx = context.RankContext(
         rank=spec.rank, world_size=spec.world_size, local_rank=spec.rank, device=device,
         device_index=spec.device_index, platform=plat.name, backend=plat.backend, test_id=task.test_id,
-        seed=seed, world_seed=world_seed, log_path=spec.log_path))
-    torch.manual_seed(seed)
+        seed=seed, world_seed=world_seed, log_path=spec.log_path)
     try:
         _extend_sys_path(task.sys_path)
         fn = _resolve(task)
         args, kwargs = pickle.loads(task.payload)
-        return "ok", _to_cpu(fn(*args, **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, named by rank
-        return "raise", Failure(spec.rank, f"{type(exc).__module__}.{type(exc).__qualname__}",
-                                _one_line(exc), traceback.format_exc(), skipped=_is_skip(exc))
-    finally:
-        context.set_rank_context(None)
-
-
-def _cleanup(groups_before: set, plat) -> str | None:
-    """Undo what a test left in the rank; a message when the rank is not clean (the pool is replaced)."""
-    try:
-        for group in _process_groups() - groups_before:
-            dist.destroy_process_group(group)
-        context.run_cleanups()
-        torch.set_default_dtype(torch.float32)
-        if not dist.is_initialized():
-            return "the test destroyed the default process group"
-        plat.reset_peak_memory()
-        return None
-    except BaseException:  # noqa: BLE001
-        return traceback.format_exc()
-
-
-def _process_groups() -> set:
-    if not dist.is_initialized():
-        return set()
-    return {pg for pg in dist.distributed_c10d._world.pg_map if pg is not dist.group.WORLD
-            and pg is not dist.distributed_c10d._get_default_group()}
+    except BaseException as exc:  # noqa: BLE001 - an import error in the test module, named by rank
+        return "raise", execution.failure_from(spec.rank, exc)
+    return execution.execute(fn, args, kwargs, rank_ctx)
 
 
 def _extend_sys_path(paths: list) -> None:
@@ -270,24 +236,3 @@ def _import_rewritten(name: str, path: str):
         del sys.modules[name]
         raise
     return module
-
-
-def _to_cpu(value):
-    """Results cross to a parent that may not have the device runtime: move tensors to the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    if isinstance(value, dict) and type(value) is dict:
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
-
-
-def _is_skip(exc: BaseException) -> bool:
-    pytest = sys.modules.get("pytest")
-    return pytest is not None and isinstance(exc, pytest.skip.Exception)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
