@@ -273,7 +273,7 @@ def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, 
 
 def round_robin_placement(num_layers: int, num_logical_experts: int, num_replicas: int,
                           num_gpus: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The naive baseline (vLLM's initial placement): slot ``p`` holds logical expert ``p % E`` in every
+    """The naive baseline (the shape of vLLM's initial EPLB map): slot ``p`` holds logical expert ``p % E`` in every
     layer, whatever the loads. With ``R == E`` GPU g holds experts ``[g*E/G, (g+1)*E/G)``; redundant slots
     replicate experts 0, 1, ... Same output triple as :func:`rebalance_experts` (replica ``k`` of expert
     ``e`` is slot ``e + k*E``).
@@ -350,7 +350,8 @@ def summarize_balancedness(per_layer: torch.Tensor) -> BalancednessSummary:
     'balancedness mean 0.7500, worst 0.5000 (layer 1) over 2 layers'
     """
     if not isinstance(per_layer, torch.Tensor) or per_layer.dim() != 1 or per_layer.numel() == 0:
-        raise ConfigError("summarize_balancedness needs a non-empty 1-D tensor of per-layer balancedness")
+        got = tuple(per_layer.shape) if isinstance(per_layer, torch.Tensor) else type(per_layer).__name__
+        raise ConfigError(f"summarize_balancedness needs a non-empty 1-D tensor of per-layer balancedness, got {got}")
     worst_layer = int(torch.argmin(per_layer))
     return BalancednessSummary(mean=float(per_layer.double().mean()), worst=float(per_layer[worst_layer]),
                                worst_layer=worst_layer, num_layers=per_layer.numel())
