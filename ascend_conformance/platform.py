@@ -201,7 +201,7 @@ class CpuPlatform(Platform):
     def device_names(self) -> list[str]:
         import platform as host
 
-        return [f"{host.processor() or host.machine()} (slot {i})" for i in range(self.slots)]
+        return [f"{host.machine()}: {self.slots} lease slots over {os.cpu_count()} cores"]
 
 
 def _peak_from_profiler_events(prof) -> int:

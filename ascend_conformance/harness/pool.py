@@ -230,39 +230,48 @@ class RankPool:
         return "\n".join(lines)
 
     def _collect(self, deadline: float, grace: float | None = None) -> dict:
-        """Wait for one reply per rank until `deadline`; an exited rank's reply is an _Exited."""
+        """Wait for one reply per rank until `deadline`; an exited rank's reply is an _Exited.
+
+        After the first failure the deadline shrinks to `grace`: the other ranks may be blocked forever
+        waiting for the failed one.
+        """
         replies: dict = {}
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
-        while waiting:
+
+        def shorten():
+            nonlocal deadline
+            deadline = min(deadline, time.monotonic() + (grace if grace is not None else 1.0))
+
+        def receive(conn) -> bool:
+            """Record the rank's reply; False when the pipe is closed (the sentinel reports the exit)."""
+            rank = waiting.pop(conn)
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                return False
+            replies[rank] = payload
+            if kind == "fatal" or (kind == "result" and payload[0] == "raise"):
+                shorten()
+            return True
+
+        while len(replies) < self.n:
             now = time.monotonic()
             if now >= deadline:
                 break
-            ready = multiprocessing.connection.wait(list(waiting) + [s for s, r in sentinels.items() if r not in replies],
-                                                    timeout=deadline - now)
-            for obj in ready:
+            watch = list(waiting) + [s for s, r in sentinels.items() if r not in replies]
+            for obj in multiprocessing.connection.wait(watch, timeout=deadline - now):
                 if obj in waiting:
-                    rank = waiting[obj]
-                    try:
-                        kind, payload = obj.recv()
-                    except (EOFError, OSError):
-                        continue  # the sentinel reports the exit
-                    del waiting[obj]
-                    replies[rank] = payload
-                    if kind == "fatal" or (kind == "result" and payload[0] == "raise"):
-                        # the others may now wait forever for the failed rank: give them a grace only
-                        deadline = min(deadline, time.monotonic() + (grace if grace is not None else 1.0))
-                elif obj in sentinels:
+                    receive(obj)
+                elif obj in sentinels and sentinels[obj] not in replies:
                     rank = sentinels[obj]
-                    if rank in replies:
-                        continue
                     conn = self._conns[rank]
-                    if conn in waiting and conn.poll():
-                        continue  # the rank replied before exiting: read the reply first
+                    if conn in waiting and conn.poll() and receive(conn):
+                        continue  # it replied before exiting; the reply is what counts
+                    waiting.pop(conn, None)
                     self._procs[rank].join(1)
                     replies[rank] = _Exited(self._procs[rank].exitcode)
-                    waiting.pop(conn, None)
-                    deadline = min(deadline, time.monotonic() + (grace if grace is not None else 1.0))
+                    shorten()
         return replies
 
     def _dump_stacks(self, ranks: list[int]) -> dict[int, str]:

@@ -1,0 +1,86 @@
+"""Functions the harness self-tests ship to ranks (module level, so every rank can import them)."""
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+from ascend_conformance.harness import rank_context, register_cleanup
+
+
+def describe_rank():
+    ctx = rank_context()
+    return {"rank": ctx.rank, "world_size": ctx.world_size, "device": ctx.device,
+            "device_index": ctx.device_index, "seed": ctx.seed, "world_seed": ctx.world_seed,
+            "pid": os.getpid(), "test_id": ctx.test_id, "randn": torch.randn(3)}
+
+
+def all_reduce_rank_numbers():
+    t = torch.tensor([rank_context().rank + 1], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t)
+
+
+def raise_on(rank):
+    if rank_context().rank == rank:
+        raise ValueError(f"deliberate failure on rank {rank}")
+    dist.barrier()  # the others block here, waiting for the failed rank
+
+
+def exit_on(rank, code):
+    if rank_context().rank == rank:
+        os._exit(code)
+    dist.barrier()
+
+
+def signal_on(rank, signum):
+    if rank_context().rank == rank:
+        os.kill(os.getpid(), signum)
+        time.sleep(30)
+    dist.barrier()
+
+
+def sleep_forever_on(rank):
+    if rank_context().rank == rank:
+        time.sleep(3600)
+    dist.barrier()
+
+
+def skip_everywhere():
+    import pytest
+
+    pytest.skip("backend lacks the op under test")
+
+
+def skip_on_rank0_only():
+    import pytest
+
+    if rank_context().rank == 0:
+        pytest.skip("only rank 0 skips")
+
+
+def print_marker(text):
+    print(text)
+    return rank_context().log_path
+
+
+def leave_state_behind():
+    """Create a subgroup and module state; the harness must clean both before the next test."""
+    group = dist.new_group(list(range(dist.get_world_size())))
+    _LEFT_BEHIND.append(group)
+    return len(_LEFT_BEHIND)
+
+
+def count_state():
+    from ascend_conformance.harness.execution import process_groups
+
+    return len(process_groups()), len(_LEFT_BEHIND)
+
+
+_LEFT_BEHIND = []
+register_cleanup(_LEFT_BEHIND.clear)
+
+
+def return_unpicklable():
+    return lambda: None
