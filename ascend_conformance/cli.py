@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PlatformUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `... | head` closed stdout: not an error of ours; silence the flush at exit too.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""The platform layer: detection, overrides, the torch_npu guard, timers and CPU memory measurement."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ascend_conformance import platform as platforms
+from ascend_conformance.errors import ConfigError
+
+pytest_plugins = ["pytester"]
+
+
+def run_cli(*args, env_extra=None, pythonpath=None):
+    env = dict(os.environ)
+    env.pop(platforms.PLATFORM_ENV, None)
+    env.update(env_extra or {})
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "ascend_conformance", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@pytest.fixture
+def broken_torch_npu(tmp_path):
+    """A torch_npu that fails to import the way the real one does on a host without CANN."""
+    package = tmp_path / "torch_npu"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        raise OSError("libhccl.so: cannot open shared object file: No such file or directory")
+    """))
+    return str(tmp_path)
+
+
+def test_cpu_is_detected_without_accelerators():
+    if platforms.NpuPlatform().unavailable_reason() is None or torch.cuda.is_available():
+        pytest.skip("this host has an accelerator")
+    plat = platforms.detect()
+    assert (plat.name, plat.backend, plat.visible_devices_env) == ("cpu", "gloo", None)
+
+
+def test_backend_and_visible_devices_variable_per_platform():
+    assert (platforms.NpuPlatform.backend, platforms.NpuPlatform.visible_devices_env) == ("hccl", "ASCEND_RT_VISIBLE_DEVICES")
+    assert (platforms.CudaPlatform.backend, platforms.CudaPlatform.visible_devices_env) == ("nccl", "CUDA_VISIBLE_DEVICES")
+
+
+def test_override_selects_platform(monkeypatch):
+    monkeypatch.setenv(platforms.PLATFORM_ENV, "npu")
+    assert platforms.detect().name == "npu"
+    monkeypatch.setenv(platforms.PLATFORM_ENV, "tpu")
+    with pytest.raises(ConfigError, match="unknown platform 'tpu'"):
+        platforms.detect()
+
+
+def test_broken_torch_npu_becomes_a_reason_not_a_crash(broken_torch_npu):
+    result = run_cli("info", "--json", pythonpath=broken_torch_npu)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["platform"] == "cpu"
+    assert info["npu"] == ("torch_npu not importable: libhccl.so: cannot open shared object file: "
+                           "No such file or directory")
+
+
+def test_forced_npu_platform_skips_multi_rank_tests_with_the_reason(pytester, monkeypatch, broken_torch_npu):
+    pytester.makepyfile(test_needs_npu="""
+        def noop():
+            return None
+        def test_world(world):
+            world(2).run(noop)
+    """)
+    monkeypatch.setenv("PYTHONPATH", broken_torch_npu + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = pytester.runpytest_subprocess("-rs", "--platform", "npu")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*platform npu unavailable: torch_npu not importable: libhccl.so*"])
+
+
+def test_hccl_port_blocks_are_disjoint_per_device():
+    npu = platforms.NpuPlatform()
+    seen = set()
+    for first in range(16):
+        env = npu.rank_environment([first], port_base=30000 + 16 * first)
+        lo, hi = map(int, env["HCCL_HOST_SOCKET_PORT_RANGE"].split("-"))
+        ports = set(range(lo, hi + 1)) | {int(env["HCCL_IF_BASE_PORT"])}
+        assert not ports & seen
+        seen |= ports
+
+
+def test_cpu_peak_memory_is_measured_from_allocations():
+    plat = platforms.CpuPlatform()
+    with plat.measure_peak() as peak:
+        a = torch.empty(1_000_000, dtype=torch.uint8)
+        b = torch.empty(500_000, dtype=torch.uint8)
+        del a
+        c = torch.empty(2_000_000, dtype=torch.uint8)
+        del b, c
+    # live bytes went 1.0 MB -> 1.5 MB -> 0.5 MB -> 2.5 MB: the peak is 2.5 MB
+    assert peak.peak_bytes == 2_500_000
+    assert "profiler" in peak.method
+
+
+def test_wall_timer_measures_elapsed_time():
+    timer = platforms.CpuPlatform().timer()
+    timer.start()
+    import time
+
+    time.sleep(0.05)
+    assert 0.04 < timer.stop() < 1.0
+
+
+def test_info_command_prints_versions():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert f"torch         {torch.__version__}" in result.stdout or torch.__version__ in result.stdout
+    for key in ("platform", "backend", "torch_npu", "cann", "driver", "vllm"):
+        assert key in result.stdout
