@@ -81,6 +81,9 @@ class Platform:
     def reset_peak_memory(self) -> None:
         pass
 
+    def release_cached_memory(self) -> None:
+        """Give cached device memory back between tests (nothing to do on cpu)."""
+
     def memory_stats(self) -> dict[str, int]:
         """Allocator figures in bytes: allocated, peak_allocated, reserved, free, total (where known)."""
         return {}
@@ -243,6 +246,12 @@ class _AcceleratorPlatform(Platform):
 
     def reset_peak_memory(self) -> None:
         self._module().reset_peak_memory_stats()
+
+    def release_cached_memory(self) -> None:
+        import gc
+
+        gc.collect()  # tensors in reference cycles a test left behind hold device memory until collected
+        self._module().empty_cache()
 
     def memory_stats(self) -> dict[str, int]:
         mod = self._module()

@@ -116,3 +116,21 @@ def test_info_command_prints_versions():
     assert f"torch         {torch.__version__}" in result.stdout or torch.__version__ in result.stdout
     for key in ("platform", "backend", "torch_npu", "cann", "driver", "vllm"):
         assert key in result.stdout
+
+
+def test_outer_visible_devices_mask_is_respected(monkeypatch, tmp_path):
+    from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
+
+    npu = platforms.NpuPlatform()
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "2,3,5,7")
+    ids = physical_device_ids(npu, cpu_slots=8)
+    assert ids == (2, 3, 5, 7)
+    runner = WorldRunner(WorldOptions(platform=npu, physical_ids=ids, lease_dir=str(tmp_path / "leases"),
+                                      log_root=str(tmp_path / "logs"), worker_index=1))
+    # leases come from the mask only, and ranks see exactly their leased devices
+    assert runner.leases.candidate_sets(2) == [(2, 3), (5, 7)]
+    with runner.leases.acquire(2, timeout=1, preferred=[(5, 7)]) as lease:
+        assert lease.devices == (5, 7)
+        env = runner.rank_environment(lease.devices)
+    assert env["ASCEND_RT_VISIBLE_DEVICES"] == "5,7"
+    assert env["HCCL_IF_BASE_PORT"] != runner.rank_environment((2, 3))["HCCL_IF_BASE_PORT"]

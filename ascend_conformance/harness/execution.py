@@ -59,6 +59,7 @@ def clean_up(groups_before: set, plat) -> str | None:
         torch.set_default_dtype(torch.float32)
         if not dist.is_initialized():
             return "the test destroyed the default process group"
+        plat.release_cached_memory()
         plat.reset_peak_memory()
         return None
     except BaseException:  # noqa: BLE001

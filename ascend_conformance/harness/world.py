@@ -102,17 +102,29 @@ class WorldRunner:
         self._evict_for(n)
         self._pool_count += 1
         plat = self.options.platform
-        env = {}
-        if plat.visible_devices_env:
-            env[plat.visible_devices_env] = ",".join(str(d) for d in devices)
-        block = self.options.worker_index * 16 + min(devices)
-        env.update(plat.rank_environment(list(devices), self.options.port_base + 16 * block))
+        env = self.rank_environment(devices)
         log_dir = os.path.join(self.options.log_root,
                                f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}")
         pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
                                       failure_grace=self.options.failure_grace)).start()
         self.pools[pool.key] = pool
         return pool
+
+    def rank_environment(self, devices: tuple) -> dict:
+        """Variables every rank of a pool on `devices` gets before touching the device runtime.
+
+        The visible-devices mask lists exactly the leased physical ids, so rank r binds local device r
+        (e.g. lease (4, 5, 6, 7): rank 3 sees ``ASCEND_RT_VISIBLE_DEVICES=4,5,6,7`` and uses npu:3).
+        HCCL ports come in a block per (xdist worker, first leased device): leases are exclusive, so
+        blocks of concurrent worlds on one host are disjoint.
+        """
+        plat = self.options.platform
+        env = {}
+        if plat.visible_devices_env:
+            env[plat.visible_devices_env] = ",".join(str(d) for d in devices)
+        block = self.options.worker_index * 16 + min(devices)
+        env.update(plat.rank_environment(list(devices), self.options.port_base + 16 * block))
+        return env
 
     def _evict_for(self, n: int) -> None:
         while self.pools and sum(p.n for p in self.pools.values()) + n > self.options.max_warm_ranks:
