@@ -169,3 +169,17 @@ def test_rank_timeout_option_end_to_end(pytester):
     durations = [line for line in result.stdout.lines if "call" in line and "test_hangs" in line]
     seconds = float(durations[0].split("s")[0])
     assert seconds < 15, durations
+
+
+def test_plugin_loads_by_name_outside_the_checkout(pytester, monkeypatch):
+    """`pytest -p ascend_conformance` (the pytest11 entry point) gives the world fixture anywhere."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_outside="""
+        import torch.distributed as dist
+        def size():
+            return dist.get_world_size()
+        def test_world(world):
+            assert world(2).run(size) == [2, 2]
+    """)
+    result = pytester.runpytest_subprocess("-p", "ascend_conformance")
+    result.assert_outcomes(passed=1)
