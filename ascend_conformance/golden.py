@@ -134,7 +134,8 @@ def _check_unsupported(op: str, **given):
     for name, (value, default) in given.items():
         differs = (value is not None) if default is None else (value != default)
         if differs:
-            shown = _got(value) if isinstance(value, torch.Tensor) else repr(value)
+            shown = _got_list(value) if isinstance(value, (list, tuple)) else _got(value)
+            shown = shown if isinstance(value, (list, tuple, torch.Tensor)) else repr(value)
             _fail(op, f"{name}={shown} is not modelled by the golden op (only {default!r} is)")
 
 
@@ -206,9 +207,10 @@ def npu_moe_init_routing_v2(x, expert_idx, *, scale=None, offset=None, active_nu
         if x.dtype == torch.int8:
             _fail(op, "quant_mode=1 quantises a floating x, got x int8")
         if scale is not None:
-            _check_tensor(op, "scale", scale, (torch.float32,), (2,), f"float32 [{hi - lo}, {hidden}] (per-expert smooth scale)")
+            smooth_spec = f"float32 [{hi - lo}, {hidden}] (per-expert smooth scale)"
+            _check_tensor(op, "scale", scale, (torch.float32,), (2,), smooth_spec)
             if list(scale.shape) != [hi - lo, hidden]:
-                _fail(op, f"scale must be float32 [{hi - lo}, {hidden}] (per-expert smooth scale), got {_got(scale)}")
+                _fail(op, f"scale must be {smooth_spec}, got {_got(scale)}")
     elif scale is not None:
         _check_tensor(op, "scale", scale, (torch.float32,), (1,), f"float32 [{n_tokens}]")
         _check_rows(op, "scale", scale, n_tokens, f"float32 [{n_tokens}]")
@@ -406,7 +408,8 @@ def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiqua
     _check_tensor(op, "x[0]", matrix, _FLOATS, (2,), f"{_FLOAT_NAMES} [M, K]")
     _check_tensor(op, "weight[0]", weights, (matrix.dtype,), (3,), f"{matrix.dtype} [G, K, N] (x's dtype)")
     if weights.shape[1] != matrix.shape[1]:
-        _fail(op, f"weight[0] must be [G, {matrix.shape[1]}, N] to match x[0] {list(matrix.shape)}, got {_got(weights)}")
+        _fail(op, f"weight[0] must be [G, {matrix.shape[1]}, N] to match x[0] {list(matrix.shape)}, "
+                  f"got {_got(weights)}")
     if output_dtype is not None and output_dtype != matrix.dtype:
         _fail(op, f"output_dtype must be None or x's dtype {matrix.dtype} (no quantised output), got {output_dtype}")
     n_groups, rows = weights.shape[0], matrix.shape[0]
@@ -692,7 +695,8 @@ def _combine(op: str, handle_name: str, expand_x, expert_ids, handle, ep_send_co
         _check_tensor(op, "ep_send_counts", ep_send_counts, (torch.int32,), (1,),
                       f"int32 [{world * local_experts}] (the dispatch's ep_recv_counts)")
         if ep_send_counts.numel() != world * local_experts:
-            _fail(op, f"ep_send_counts must be the dispatch's int32 [{world * local_experts}], got {_got(ep_send_counts)}")
+            _fail(op, f"ep_send_counts must be the dispatch's int32 [{world * local_experts}], "
+                      f"got {_got(ep_send_counts)}")
         segment_counts = torch.diff(ep_send_counts.long(), prepend=ep_send_counts.new_zeros(1).long())
         _check_range(op, "ep_send_counts (as segment sizes)", segment_counts, 0, None)
         returned = int(ep_send_counts[-1])
@@ -735,7 +739,8 @@ def _combine(op: str, handle_name: str, expand_x, expert_ids, handle, ep_send_co
                            input_split_sizes=returns_to.tolist(), group=group)
     # Token side: the rows come back in send order, so entry f's expert output is back[handle[f]].
     sent_entries = sent.nonzero().flatten()
-    weighted = back.float().index_select(0, positions) * expert_scales.reshape(-1).index_select(0, sent_entries).unsqueeze(1)
+    entry_scales = expert_scales.reshape(-1).index_select(0, sent_entries).unsqueeze(1)
+    weighted = back.float().index_select(0, positions) * entry_scales
     out = torch.zeros((n_tokens, hidden), dtype=torch.float32, device=device)
     out.index_add_(0, sent_entries // top_k, weighted)
     if shared_expert_x is not None:
