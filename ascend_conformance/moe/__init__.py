@@ -1,1 +1,23 @@
-"""moe"""
+"""MoE communication methods (SEMANTICS.md §3): prepare → permute → expert MLP → unpermute → finalize.
+
+    context.py    ForwardContext: num_tokens_across_dp, max_tokens_across_dp, padded_num_tokens, mc2_mask
+    placement.py  ExpertPlacement: expert_map of every EP rank (contiguous, non-contiguous, uneven), slot ids
+    parallel.py   the TP / DP / EP groups a method talks to
+    ops.py        op provider: torch_npu on an NPU, the golden models elsewhere
+    mlp.py        ExpertMLP: SwiGLU experts through npu_grouped_matmul
+    methods.py    Dummy, NativeAllGather, AllGather, AllToAll, MC2 (METHODS by CLI name)
+    selection.py  vllm-ascend's method choice as a pure function
+    oracle.py     the dense float32 oracle
+    scenario.py   one seeded scenario run on a world and compared with the oracle (CLI, suites, benchmarks)
+"""
+from ascend_conformance.moe.context import ForwardContext, forward_context, gather_forward_context
+from ascend_conformance.moe.methods import (COMPUTING_METHODS, METHODS, MC2, AllGather, AllToAll, Dispatched, Dummy,
+                                            MoECommMethod, NativeAllGather, Prepared, method_class)
+from ascend_conformance.moe.mlp import ExpertMLP
+from ascend_conformance.moe.oracle import dense_moe
+from ascend_conformance.moe.placement import ExpertPlacement
+from ascend_conformance.moe.selection import mc2_tokens_capacity, select_method
+
+__all__ = ["ForwardContext", "forward_context", "gather_forward_context", "MoECommMethod", "Prepared", "Dispatched",
+           "Dummy", "NativeAllGather", "AllGather", "AllToAll", "MC2", "METHODS", "COMPUTING_METHODS",
+           "method_class", "ExpertMLP", "dense_moe", "ExpertPlacement", "mc2_tokens_capacity", "select_method"]

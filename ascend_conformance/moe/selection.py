@@ -1,0 +1,62 @@
+"""Which method vllm-ascend runs a forward with: a pure function of the deployment and the batch.
+
+SEMANTICS.md §3::
+
+    no EP (EP size 1)  -> allgather
+    A2                 -> mc2 when experts per device <= 24, EP >= 16 and tokens <= cap, else allgather
+    A3                 -> mc2 when tokens <= cap, else alltoall
+    cap = min(ceil(M / TP), 512) · TP      (M: the largest batch the runner is sized for)
+
+Worked examples: A3, cap 512, 600 tokens -> alltoall; A2, EP 16, 16 experts per device, 100 tokens,
+cap 512 -> mc2; A2, EP 8 -> allgather whatever the tokens.
+
+Note: vllm-ascend computes the capacity as ceil(min(M, 512) / TP) · TP, which differs from the formula
+above when M > 512 and TP > 1 (M 1000, TP 4: 512 there, 1000 here). :func:`mc2_tokens_capacity` follows
+SEMANTICS.md; :func:`vllm_ascend_mc2_tokens_capacity` gives vllm-ascend's value so a live check can
+report the difference.
+"""
+from __future__ import annotations
+
+from ascend_conformance.errors import ConfigError
+
+SOCS = ("A2", "A3")
+MC2_TOKENS_PER_RANK_LIMIT = 512
+A2_MAX_EXPERTS_PER_DEVICE = 24
+A2_MIN_EP_SIZE = 16
+
+
+def _whole(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return value
+
+
+def mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
+    """cap = min(ceil(M / TP), 512) · TP."""
+    _whole("max_num_tokens", max_num_tokens, 0)
+    _whole("tp_size", tp_size, 1)
+    return min(-(-max_num_tokens // tp_size), MC2_TOKENS_PER_RANK_LIMIT) * tp_size
+
+
+def vllm_ascend_mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
+    """vllm-ascend's ceil(min(M, 512) / TP) · TP (see the module note)."""
+    _whole("max_num_tokens", max_num_tokens, 0)
+    _whole("tp_size", tp_size, 1)
+    return -(-min(max_num_tokens, MC2_TOKENS_PER_RANK_LIMIT) // tp_size) * tp_size
+
+
+def select_method(soc: str, ep_size: int, experts_per_device: int, num_tokens: int, cap: int) -> str:
+    """"allgather", "mc2" or "alltoall" (the CLI / METHODS names) for one forward."""
+    if soc not in SOCS:
+        raise ConfigError(f"soc must be one of {', '.join(SOCS)}, got {soc!r}")
+    _whole("ep_size", ep_size, 1)
+    _whole("experts_per_device", experts_per_device, 1)
+    _whole("num_tokens", num_tokens, 0)
+    _whole("cap", cap, 0)
+    if ep_size == 1:
+        return "allgather"
+    fits = num_tokens <= cap
+    if soc == "A2":
+        small_experts = experts_per_device <= A2_MAX_EXPERTS_PER_DEVICE and ep_size >= A2_MIN_EP_SIZE
+        return "mc2" if small_experts and fits else "allgather"
+    return "mc2" if fits else "alltoall"
