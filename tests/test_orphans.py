@@ -426,9 +426,6 @@ class _Interrupted(BaseException):
     """Stands for KeyboardInterrupt / a pytest-timeout signal raised in the parent during run()."""
 
 
-@pytest.mark.xfail(strict=True, reason="harness bug: RankPool.run interrupted by a BaseException in the parent "
-                                       "(Ctrl-C, pytest-timeout) leaves the pool healthy with the interrupted "
-                                       "task still running, so the next run returns the old task's results")
 def test_a_run_interrupted_in_the_parent_does_not_answer_the_next_run(runner, tmp_path):
     world = runner()
     world.run(2, echo, (0,), {}, "orphans::warm")

@@ -160,9 +160,15 @@ class RankPool:
                     payload=pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL), sys_path=list(sys.path))
         blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
         log_offsets = [_size(p) for p in self.log_paths]
-        for conn in self._conns:
-            conn.send_bytes(blob)
-        replies = self._collect(time.monotonic() + timeout, grace=self.config.failure_grace)
+        try:
+            for conn in self._conns:
+                conn.send_bytes(blob)
+            replies = self._collect(time.monotonic() + timeout, grace=self.config.failure_grace)
+        except BaseException:
+            # Interrupted in the parent (Ctrl-C, a signal handler that raises): the ranks are still busy
+            # with this task and would answer the next run with its replies. Kill, never reuse.
+            self.kill()
+            raise
 
         results = [None] * self.n
         failures: list[Failure] = []  # in arrival order: the first to fail is usually the cause
