@@ -6,7 +6,7 @@ WORKERS ?= 2
 REPORTS ?= reports
 export TORCH_DEVICE_BACKEND_AUTOLOAD = 0
 
-.PHONY: setup conformance test selftest bench bench-harness clean
+.PHONY: setup setup-browser conformance report test selftest bench bench-harness clean
 
 # Reuse the torch that is installed (NPU hosts ship torch + torch_npu as a pair); otherwise take the
 # CPU build 2.13.0 — an unpinned `torch` would pull a multi-GB CUDA build.
@@ -16,11 +16,33 @@ export TORCH_DEVICE_BACKEND_AUTOLOAD = 0
 	touch $@
 
 setup: .setup-stamp
+	-@$(MAKE) --no-print-directory setup-browser
 
-# The conformance suites on the detected platform (cpu/gloo here), results under reports/.
+# Optional: headless Chromium for the HTML report's browser test (Debian packages chromium and
+# chromium-driver). Never fails: without root apt-get (NPU hosts often have none) the test skips.
+setup-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			|| echo "setup-browser: apt-get failed; the browser test will skip"; \
+	else echo "setup-browser: no chromium/chromedriver and no root apt-get; the browser test will skip"; fi
+
+# The conformance suites on the detected platform (cpu/gloo here), results under reports/: JUnit XML,
+# allure-results, per-test records (results/, merged into results.json) and the HTML report index.html,
+# which is built even when tests fail (the exit status is pytest's).
+# (Not --clean-alluredir: every xdist worker applies it when it starts, so a worker restarted after a
+# crash would delete the results written before.)
 conformance: setup
 	mkdir -p $(REPORTS)
-	$(PYTEST) suites/ -n $(WORKERS) --junitxml=$(REPORTS)/junit.xml --alluredir=$(REPORTS)/allure-results
+	rm -rf $(REPORTS)/allure-results
+	$(PYTEST) suites/ -n $(WORKERS) --junitxml=$(REPORTS)/junit.xml --alluredir=$(REPORTS)/allure-results \
+		--results-dir=$(REPORTS)/results --clean-results; \
+	status=$$?; $(REPORT); exit $$status
+
+# reports/index.html from the result records and every benchmark JSON under reports/.
+REPORT = $(PYTHON) -m ascend_conformance report --results $(REPORTS)/results --out $(REPORTS)/index.html
+report: setup
+	$(REPORT)
 
 # The self-tests of the harness and tools, then the CPU conformance run.
 test: setup

@@ -11,10 +11,6 @@ import os
 NAME = "report"
 HELP = "build reports/index.html (verdict, conformance matrix, plots, environment) from results and benchmarks"
 
-# Directories under reports/ that never hold benchmark JSON (Allure writes thousands of small files).
-_NOT_BENCHMARKS = ("allure-results", "allure-report", "results")
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--results", default=os.path.join("reports", "results"),
                         help="results directory or merged results.json (default reports/results)")
@@ -22,19 +18,6 @@ def add_arguments(parser) -> None:
                         help="benchmark JSON files or directories (default: every benchmark JSON under reports/)")
     parser.add_argument("--out", default=os.path.join("reports", "index.html"), help="output file")
     parser.add_argument("--title", default="ascend-conformance report")
-
-
-def _default_benchmark_paths(root: str) -> list[str]:
-    if not os.path.isdir(root):
-        return []
-    paths = []
-    for name in sorted(os.listdir(root)):
-        if name in _NOT_BENCHMARKS:
-            continue
-        path = os.path.join(root, name)
-        if os.path.isdir(path) or name.endswith(".json"):
-            paths.append(path)
-    return paths
 
 
 def run(args) -> int:
@@ -52,8 +35,8 @@ def run(args) -> int:
     else:
         print(f"note: no results at {args.results}; the report shows benchmarks only")
         document = {"tests": [], "environment": {}}
-    paths = args.benchmarks if args.benchmarks is not None else _default_benchmark_paths(
-        os.path.dirname(os.path.abspath(args.out)))
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    paths = args.benchmarks if args.benchmarks is not None else ([out_dir] if os.path.isdir(out_dir) else [])
     with Progress("report", total=2) as progress:
         rows = benchmarks.load_all(paths)
         progress.advance(detail=f"{len(rows)} benchmarks read; rendering plots")

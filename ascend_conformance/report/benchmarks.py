@@ -25,7 +25,6 @@ platform / device model come from ``machine_info`` (``platform``, ``device_model
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -134,12 +133,20 @@ def load_file(path: str) -> list[BenchRow]:
     return rows_from_document(document, path)
 
 
+# Directories that never hold benchmark JSON (Allure writes thousands of small JSON files).
+SKIP_DIRS = ("allure-results", "allure-report", "results", "node_modules", ".git")
+
+
 def find_files(paths: Iterable[str]) -> list[str]:
-    """Benchmark JSON files among `paths` (files, or directories searched recursively)."""
+    """Benchmark JSON files among `paths` (files, or directories searched recursively, skipping
+    ``SKIP_DIRS``)."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            candidates = sorted(glob.glob(os.path.join(path, "**", "*.json"), recursive=True))
+            candidates = []
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+                candidates.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(".json"))
         else:
             candidates = [path]
         for candidate in candidates:
