@@ -67,7 +67,9 @@ def fixture_document() -> dict:
     summary = results.summarize(tests)
     return {"tests": tests, "summary": summary, "verdict": results.overall_verdict(summary),
             "environment": {"platform": "npu", "device_model": "Ascend910B3", "cann": "8.0.RC3",
-                            "torch": "2.5.1", "host": "npu-host-01"}, "sessions": ["s1"]}
+                            "torch": "2.5.1", "host": "npu-host-01"},
+            "sessions": [{"session": "conformance-1", "started": 1.7e9, "tests": 6},
+                         {"session": "bench-1", "started": 1.7e9 + 600, "tests": 1}]}
 
 
 def fixture_rows(tmp_path) -> list:
@@ -103,6 +105,7 @@ def test_page_has_verdict_matrix_plots_findings_and_environment(page_file):
     assert "Ascend910B3" in body and "8.0.RC3" in body
     assert "48.0" in body and "shared_weight: series [k=1] peak memory" not in body  # plotted, not tabulated
     assert "busbw" in body and "12.5" in body
+    assert "merged from 2 pytest sessions" in body and "conformance-1" in body and "bench-1" in body
 
 
 def test_sections_without_data_say_so(tmp_path):

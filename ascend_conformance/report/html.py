@@ -200,6 +200,14 @@ def _matrix(tests: list[Mapping]) -> dict:
     return out
 
 
+def _session_row(session) -> dict:
+    if not isinstance(session, Mapping):  # older documents listed bare ids
+        return {"session": str(session), "started": "", "tests": ""}
+    started = session.get("started")
+    when = datetime.datetime.fromtimestamp(started).astimezone().strftime("%Y-%m-%d %H:%M:%S") if started else ""
+    return {"session": session.get("session", ""), "started": when, "tests": session.get("tests", "")}
+
+
 def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "ascend-conformance report") -> dict:
     tests = list(document.get("tests") or [])
     summary = document.get("summary") or results_mod.summarize(tests)
@@ -250,7 +258,7 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
         "findings": findings,
         "checked": checked,
         "environment": {k: v for k, v in environment.items() if k not in ("started",)},
-        "sessions": document.get("sessions") or [],
+        "sessions": [_session_row(s) for s in document.get("sessions") or []],
         "platform": environment.get("platform", "unknown"),
         "device_model": environment.get("device_model", ""),
     }
@@ -310,7 +318,7 @@ nav a { margin-right: 14px; color: #fff; }
   <h1>{{ title }}</h1>
   <div><span id="verdict">{{ verdict|upper }}</span>
   &nbsp; {{ total }} tests: {% for outcome, count in totals.items() if count %}{{ count }} {{ outcome }}{% if not loop.last %}, {% endif %}{% endfor %}</div>
-  <div>{{ platform }}{% if device_model %} · {{ device_model }}{% endif %} · generated {{ generated }}</div>
+  <div>{{ platform }}{% if device_model %} · {{ device_model }}{% endif %} · generated {{ generated }}{% if sessions|length > 1 %} · merged from {{ sessions|length }} pytest sessions{% endif %}</div>
   <nav><a href="#areas">areas</a><a href="#failures">failures</a><a href="#matrix">matrix</a><a href="#performance">performance</a><a href="#figures">figures</a><a href="#findings">layout findings</a><a href="#environment">environment</a></nav>
 </header>
 <main>
@@ -438,7 +446,12 @@ nav a { margin-right: 14px; color: #fff; }
 {% else %}
 <p class="empty">No environment recorded.</p>
 {% endif %}
-{% if sessions %}<p>Sessions: {{ sessions|join(", ") }}</p>{% endif %}
+{% if sessions %}
+<h3>Sessions merged into this report</h3>
+<table><tr><th>session</th><th>started</th><th>results shown</th></tr>
+{% for s in sessions %}<tr><td><code>{{ s.session }}</code></td><td>{{ s.started }}</td><td class="num">{{ s.tests }}</td></tr>{% endfor %}
+</table>
+{% endif %}
 </section>
 </main>
 </body>

@@ -201,14 +201,23 @@ def overall_verdict(summary: Mapping[str, Mapping]) -> str:
 
 
 def merge_directory(results_dir: str, out_path: str | None = None) -> dict:
-    """Merge a results directory into one document; write it to ``out_path`` when given."""
+    """Merge a results directory into one document; write it to ``out_path`` when given.
+
+    ``sessions`` lists every session that wrote records, with how many of the merged records are its
+    own (a session whose tests were all rerun later contributes none).
+    """
     records, environments = read_directory(results_dir)
     merged = merge(records)
     summary = summarize(merged)
+    started = {e.get("session"): e.get("started") for e in environments}
+    counts: dict[str, int] = {}
+    for record in merged:
+        counts[record.get("session", "")] = counts.get(record.get("session", ""), 0) + 1
     document = {
         "schema": SCHEMA,
         "results_dir": os.path.abspath(results_dir),
-        "sessions": sorted({r.get("session", "") for r in records}),
+        "sessions": [{"session": s, "started": started.get(s), "tests": counts.get(s, 0)}
+                     for s in sorted({r.get("session", "") for r in records})],
         "environment": environments[-1] if environments else {},
         "summary": summary,
         "verdict": overall_verdict(summary),
