@@ -62,7 +62,8 @@ def fixture_document() -> dict:
                     "torch_npu not importable: libhccl.so: cannot open shared object file"),
         data.record("suites/test_shared_weight.py::test_series[k=1]", "passed",
                     figures=[{"name": "peak memory", "value": 48.0, "unit": "MiB"}]),
-        data.record("suites/test_eplb_placement.py::test_plan", "passed"),
+        data.record("suites/test_eplb_placement.py::test_plan", "passed",
+                    properties=[["balancedness_uniform", "1.0000 vs round-robin 0.8000"]]),
     ]
     summary = results.summarize(tests)
     return {"tests": tests, "summary": summary, "verdict": results.overall_verdict(summary),
@@ -105,6 +106,7 @@ def test_page_has_verdict_matrix_plots_findings_and_environment(page_file):
     assert "Ascend910B3" in body and "8.0.RC3" in body
     assert "48.0" in body and "shared_weight: series [k=1] peak memory" not in body  # plotted, not tabulated
     assert "busbw" in body and "12.5" in body
+    assert "balancedness_uniform" in body and "1.0000 vs round-robin 0.8000" in body
     assert "merged from 2 pytest sessions" in body and "conformance-1" in body and "bench-1" in body
 
 

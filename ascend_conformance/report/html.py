@@ -234,6 +234,9 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
                 context = figure.get("context") or {}
                 balancedness_items.append((str(context.get("load") or test.get("story")),
                                            str(context.get("placement") or figure["name"]), float(figure["value"])))
+        for name, value in test.get("properties") or []:  # pytest's record_property
+            figures.append({"nodeid": test["nodeid"], "name": name, "value": value, "unit": "",
+                            "source": "record_property"})
     findings = [dict(f, nodeid=t["nodeid"]) for t in tests for f in (t.get("findings") or []) if "rule" in f]
     checked = [dict(f, nodeid=t["nodeid"]) for t in tests for f in (t.get("findings") or []) if f.get("checked")]
     failures = [t for t in tests if t.get("outcome") in results_mod.FAILING or t.get("outcome") == "xpassed"]
@@ -416,12 +419,13 @@ nav a { margin-right: 14px; color: #fff; }
 
 <section id="figures">
 <h2>Figures recorded by tests</h2>
+<p>From <code>report.figure(...)</code> and pytest's <code>record_property</code>.</p>
 {% if figures %}
 <table><tr><th>test</th><th>figure</th><th>value</th><th>unit</th></tr>
 {% for f in figures %}<tr><td><code>{{ f.nodeid }}</code></td><td>{{ f.name }}</td><td class="num">{{ f.value }}</td><td>{{ f.unit }}</td></tr>{% endfor %}
 </table>
 {% else %}
-<p class="empty">No test recorded figures (<code>report.figure(name, value, unit)</code> in a test).</p>
+<p class="empty">No test recorded figures (<code>report.figure(name, value, unit)</code> or <code>record_property</code> in a test).</p>
 {% endif %}
 </section>
 
