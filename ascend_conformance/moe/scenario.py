@@ -23,6 +23,7 @@ import dataclasses
 import math
 import shlex
 import zlib
+from typing import Any
 
 import torch
 
@@ -169,46 +170,85 @@ class Scenario:
 
 # ---------------------------------------------------------------------------------------- in a rank
 
-def run_on_rank(scenario: Scenario, *, keep_tensors: bool = False, method_cls=None, ops=None) -> dict:
-    """Run `scenario` in this rank (collective: every rank of the world calls it) and compare with the
-    dense oracle. Returns this rank's result: tokens, max errors, ``ok`` and the mismatch report; with
-    keep_tensors also x, topk_ids, topk_weights and out (CPU)."""
+@dataclasses.dataclass
+class RankSetup:
+    """Everything one rank of a scenario holds before the forward: groups, placement, its DP rank's inputs,
+    the global weights and the forward context (built with the DP all-gather of the token counts)."""
+
+    scenario: Scenario
+    device: torch.device
+    groups: Any
+    placement: ExpertPlacement
+    x: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    w13: torch.Tensor
+    w2: torch.Tensor
+    ctx: Any
+
+    @property
+    def rank(self) -> int:
+        return self.groups.ep.ranks[self.groups.ep.rank_in_group]
+
+    def method(self, name_or_cls, ops=None):
+        cls = method_class(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
+        return cls(self.groups, self.placement, ops=ops, device=self.device)
+
+    def mlp(self, ops) -> ExpertMLP:
+        return ExpertMLP.for_rank(self.w13.to(self.device), self.w2.to(self.device), self.placement,
+                                  self.groups.ep.rank_in_group, ops)
+
+    def inputs_on_device(self):
+        return self.x.to(self.device), self.topk_ids.to(self.device), self.topk_weights.to(self.device)
+
+    def oracle(self) -> torch.Tensor:
+        """float32 [n, H] for this rank's tokens."""
+        return dense_moe(self.x, self.topk_ids, self.topk_weights, self.w13, self.w2)
+
+
+def setup_on_rank(scenario: Scenario) -> RankSetup:
+    """Collective (the DP all-gather of token counts): every rank of the world calls it."""
     from ascend_conformance.harness.context import rank_context
 
     device = torch.device(rank_context().device)
     groups = moe_groups(scenario.config())
-    dp_rank, tp_rank, ep_rank = groups.dp.rank_in_group, groups.tp.rank_in_group, groups.ep.rank_in_group
-    placement = scenario.expert_placement()
-    cls = method_cls or method_class(scenario.method)
-    method = cls(groups, placement, ops=ops, device=device)
+    x, topk_ids, topk_weights = scenario.inputs(groups.dp.rank_in_group)
     w13, w2 = scenario.weights()
-    mlp = ExpertMLP.for_rank(w13.to(device), w2.to(device), placement, ep_rank, method.ops)
-    x, topk_ids, topk_weights = scenario.inputs(dp_rank)
     ctx = gather_forward_context(x.shape[0], groups.dp, scenario.tp, device)
     if ctx.num_tokens_across_dp != scenario.token_counts():
         raise AssertionError(f"forward context gathered {list(ctx.num_tokens_across_dp)} tokens per DP rank, the "
                              f"scenario has {list(scenario.token_counts())}")
+    return RankSetup(scenario, device, groups, scenario.expert_placement(), x, topk_ids, topk_weights, w13, w2, ctx)
 
-    out = method.forward(x.to(device), topk_ids.to(device), topk_weights.to(device), mlp, ctx).cpu()
-    result = {"rank": groups.ep.ranks[ep_rank], "dp_rank": dp_rank, "tp_rank": tp_rank, "tokens": x.shape[0],
-              "ops": method.ops.name}
+
+def run_on_rank(scenario: Scenario, *, keep_tensors: bool = False, method_cls=None, ops=None) -> dict:
+    """Run `scenario` in this rank (collective: every rank of the world calls it) and compare with the
+    dense oracle. Returns this rank's result: tokens, max errors, ``ok`` and the mismatch report; with
+    keep_tensors also x, topk_ids, topk_weights and out (CPU). `method_cls` / `ops` replace the
+    scenario's method class / the op provider (the suites' deliberately broken variants use them)."""
+    setup = setup_on_rank(scenario)
+    method = setup.method(method_cls or scenario.method, ops=ops)
+    out = method.forward(*setup.inputs_on_device(), setup.mlp(method.ops), setup.ctx).cpu()
+    groups = setup.groups
+    result = {"rank": setup.rank, "dp_rank": groups.dp.rank_in_group, "tp_rank": groups.tp.rank_in_group,
+              "tokens": setup.x.shape[0], "ops": method.ops.name}
+    what = f"{scenario.label()} rank {setup.rank}"
     if scenario.method in COMPUTING_METHODS:
-        result.update(compare_with_oracle(out, x, topk_ids, topk_weights, w13, w2, f"{scenario.label()} rank "
-                                          f"{result['rank']}"))
+        result.update(compare_result(out, setup.oracle(), Kind.ACCUMULATED, what))
     else:  # Dummy keeps shapes and returns the token buffer unchanged
-        result.update(_compare(out, x, Kind.EXACT, f"{scenario.label()} rank {result['rank']} (token buffer)"))
+        result.update(compare_result(out, setup.x, Kind.EXACT, what + " (token buffer)"))
     if keep_tensors:
-        result["tensors"] = {"x": x, "topk_ids": topk_ids, "topk_weights": topk_weights, "out": out}
+        result["tensors"] = {"x": setup.x, "topk_ids": setup.topk_ids, "topk_weights": setup.topk_weights, "out": out}
     return result
 
 
 def compare_with_oracle(out, x, topk_ids, topk_weights, w13, w2, what: str) -> dict:
     """{"max_abs_err", "max_rel_err", "ok", "message"} of `out` against the dense oracle."""
     expected = dense_moe(x, topk_ids, topk_weights, w13, w2)
-    return _compare(out, expected, Kind.ACCUMULATED, what)
+    return compare_result(out, expected, Kind.ACCUMULATED, what)
 
 
-def _compare(out: torch.Tensor, expected: torch.Tensor, kind: Kind, what: str) -> dict:
+def compare_result(out: torch.Tensor, expected: torch.Tensor, kind: Kind, what: str) -> dict:
     """Errors against the float32 `expected`; the verdict from the policy on `expected` rounded to out's dtype."""
     result = {"max_abs_err": 0.0, "max_rel_err": 0.0, "tolerance_used": 0.0, "ok": True, "message": None}
     if out.shape == expected.shape and out.numel():

@@ -1,0 +1,142 @@
+"""`ascend-conformance moe`: run one MoE scenario on a fresh world and compare it with the dense oracle.
+
+    python -m ascend_conformance moe --method mc2 --world-size 4 --dp 2 --tp 2 --experts 16 --top-k 2 \\
+        --tokens 5 --hidden 8 --intermediate 4 --dtype bfloat16 --seed 7 --dump /tmp/moe-case
+
+prints one JSON object (the scenario, tokens per DP rank, the op provider, ``max_abs_err`` against the
+float32 oracle, the policy's rtol / atol, ``ok``, the repro command) and exits 0 when every rank is within
+tolerance, 1 when not. With ``--dump DIR`` it writes ``DIR/rank{r}.pt`` per rank: a dict of ``x [n_r, H]``,
+``topk_ids [n_r, K]``, ``topk_weights [n_r, K]``, ``w13 [E, 2I, H]`` and ``w2 [E, H, I]`` (global) and
+``out [n_r, H]``, plus ``DIR/summary.json``; the files appear together (written to a temporary directory
+that is renamed into place) or not at all.
+
+Ranks hold different token counts, up to N: one DP rank (seed mod DP) holds N and the others a seeded
+count in [0, N]. Beyond the contract, ``--tokens-per-dp 3,0`` fixes the counts and ``--placement
+scattered`` uses a seeded non-contiguous, uneven expert_map; the suites' repro lines use them. Bad
+arguments: one ``error: ...`` line, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from ascend_conformance.errors import ConfigError
+
+NAME = "moe"
+HELP = "run one MoE scenario (a comm method on a fresh world) against the dense oracle"
+
+METHOD_CHOICES = ("native_allgather", "allgather", "alltoall", "mc2")
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, choices=METHOD_CHOICES)
+    parser.add_argument("--world-size", type=int, required=True, metavar="W", help="ranks; EP = the world")
+    parser.add_argument("--dp", type=int, default=None, metavar="D", help="data parallel size (default W / T)")
+    parser.add_argument("--tp", type=int, default=1, metavar="T", help="tensor parallel size (default 1)")
+    parser.add_argument("--experts", type=int, required=True, metavar="E")
+    parser.add_argument("--top-k", type=int, required=True, metavar="K")
+    parser.add_argument("--tokens", type=int, required=True, metavar="N", help="tokens of the fullest DP rank")
+    parser.add_argument("--hidden", type=int, required=True, metavar="H")
+    parser.add_argument("--intermediate", type=int, required=True, metavar="I")
+    parser.add_argument("--dtype", required=True, choices=DTYPE_CHOICES)
+    parser.add_argument("--seed", type=int, required=True, metavar="S")
+    parser.add_argument("--dump", metavar="DIR", help="write DIR/rank{r}.pt (inputs, global weights, output)")
+    parser.add_argument("--tokens-per-dp", metavar="N0,N1,...",
+                        help="token count of every DP rank (max must be --tokens); default: seeded, up to N")
+    parser.add_argument("--placement", choices=("contiguous", "scattered"), default="contiguous",
+                        help="experts per rank: contiguous E/W (default) or a seeded non-contiguous uneven expert_map")
+    parser.add_argument("--rank-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="bound on the run; a hang dumps every rank's stack (default 300)")
+
+
+def scenario_from_args(args: argparse.Namespace):
+    from ascend_conformance.moe.scenario import Scenario
+
+    counts = None
+    if args.tokens_per_dp is not None:
+        try:
+            counts = tuple(int(part) for part in args.tokens_per_dp.split(","))
+        except ValueError:
+            raise ConfigError(f"--tokens-per-dp must be comma-separated whole numbers, got {args.tokens_per_dp!r}") from None
+    return Scenario(method=args.method, world_size=args.world_size, dp=args.dp, tp=args.tp, experts=args.experts,
+                    top_k=args.top_k, tokens=args.tokens, hidden=args.hidden, intermediate=args.intermediate,
+                    dtype=args.dtype, seed=args.seed, tokens_per_dp=counts, placement=args.placement)
+
+
+def _check_dump_target(path: str) -> str:
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--dump {path} exists and is not a directory")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--dump {path}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--dump {path}: parent directory {parent} is not writable")
+    return path
+
+
+def write_dump(path: str, scenario, rank_results: list[dict], summary: dict) -> None:
+    """Every rank's file into a temporary sibling directory, then renamed to `path` (replacing it)."""
+    import torch
+
+    w13, w2 = scenario.weights()
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    try:
+        for rank, result in enumerate(rank_results):
+            tensors = result["tensors"]
+            torch.save({"x": tensors["x"], "topk_ids": tensors["topk_ids"], "topk_weights": tensors["topk_weights"],
+                        "w13": w13, "w2": w2, "out": tensors["out"]}, os.path.join(staging, f"rank{rank}.pt"))
+        with open(os.path.join(staging, "summary.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        if os.path.isdir(path):
+            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=os.path.dirname(path))
+            os.rename(path, os.path.join(retired, "dump"))
+            os.rename(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    scenario = scenario_from_args(args)
+    dump = _check_dump_target(args.dump) if args.dump else None
+
+    from ascend_conformance import platform as platforms
+    from ascend_conformance.harness.leases import default_lease_dir
+    from ascend_conformance.harness.pool import RankFailure
+    from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
+    from ascend_conformance.moe.scenario import run_scenarios, summarize
+
+    plat = platforms.require(platforms.get())
+    if plat.name == "cpu":
+        plat.slots = max(plat.slots, scenario.world_size)  # cpu "devices" are lease slots over shared cores
+    with tempfile.TemporaryDirectory(prefix="ascend-conformance-moe-") as logs:
+        runner = WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
+                                          lease_dir=default_lease_dir(plat.name), log_root=logs,
+                                          rank_timeout=args.rank_timeout))
+        reason = runner.skip_reason(scenario.world_size)
+        if reason:
+            raise ConfigError(f"cannot run a world of {scenario.world_size} ranks here: {reason}")
+        try:
+            per_rank = runner.run(scenario.world_size, run_scenarios, ([scenario.to_dict()], dump is not None), {},
+                                  "cli::moe")
+        except RankFailure as failure:
+            print(str(failure), file=sys.stderr)
+            print(f"repro: {scenario.repro()}", file=sys.stderr)
+            return 1
+        finally:
+            runner.shutdown()
+    results = [rank_results[0] for rank_results in per_rank]
+    summary = {**summarize(scenario, results), "platform": plat.name, "dump": dump}
+    if dump:
+        write_dump(dump, scenario, results, summary)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["ok"] else 1
