@@ -13,7 +13,7 @@ from ascend_conformance.report import benchmarks, results
 from ascend_conformance.report import html as report_html
 from tests import report_data as data
 
-SECTIONS = ("areas", "failures", "matrix", "performance", "perf-collectives", "perf-moe", "perf-memory",
+SECTIONS = ("areas", "failures", "matrix", "performance", "perf-collectives", "perf-moe", "perf-other", "perf-memory",
             "perf-balancedness", "figures", "findings", "environment")
 
 
@@ -93,8 +93,8 @@ def test_page_has_verdict_matrix_plots_findings_and_environment(page_file):
     # two collectives (latency + busbw each), MoE per method, memory, balancedness
     assert [p["alt"] for p in page.plots] == ["all_gather: latency and busbw against size",
                                               "all_reduce: latency and busbw against size",
-                                              "MoE dispatch / combine per method", "Peak memory per feature",
-                                              "EPLB balancedness"]
+                                              "MoE dispatch / combine per method", "eplb: time per benchmark",
+                                              "Peak memory per feature", "EPLB balancedness"]
     assert all(p["src"].startswith("data:image/png;base64,iVBOR") for p in page.plots)
     assert page.scripts == 0, "self-contained: no scripts, stylesheets or images from elsewhere"
     assert ("failed", "ep-fp16", "failed: AssertionError: <script>alert(1)</script> 3 of 64 elements differ") in page.chips
@@ -115,7 +115,7 @@ def test_sections_without_data_say_so(tmp_path):
     body = " ".join(page.text)
     assert set(SECTIONS) <= page.ids and not page.plots
     for sentence in ("No test results: run", "No failures", "No collective benchmarks in this run",
-                     "No MoE benchmarks in this run", "No memory measurements in this run",
+                     "No MoE benchmarks in this run", "No other timed benchmarks in this run", "No memory measurements in this run",
                      "No balancedness figures in this run", "No benchmark JSON found", "No test recorded figures",
                      "No layout invariant findings recorded", "No environment recorded"):
         assert sentence in body, sentence
@@ -187,7 +187,7 @@ def test_headless_chromium_shows_the_verdict_and_every_plot(chromium, page_file,
     colour = chromium.execute_script("return getComputedStyle(document.querySelector('header')).backgroundColor")
     assert colour == "rgb(179, 38, 30)", "a failing run has the red banner"
     plots = chromium.find_elements(By.CSS_SELECTOR, "img.plot")
-    assert len(plots) == 5
+    assert len(plots) == 6
     for plot in plots:
         chromium.execute_script("arguments[0].scrollIntoView()", plot)
         decoded = chromium.execute_script(

@@ -52,6 +52,7 @@ class BenchRow:
     dtype: str
     mean: float | None  # seconds
     min: float | None
+    max: float | None
     median: float | None
     stddev: float | None
     rounds: int | None
@@ -110,7 +111,7 @@ def rows_from_document(document: Mapping, file: str = "") -> list[BenchRow]:
             device_model=str(machine.get("device_model") or extra.get("device_model") or "unknown"),
             world_size=_number(_first(sources, _WORLD_KEYS), int), op=str(op),
             size=_number(_first(sources, _SIZE_KEYS), int), dtype=str(_first(sources, ("dtype",)) or ""),
-            mean=_number(stats.get("mean")), min=_number(stats.get("min")), median=_number(stats.get("median")),
+            mean=_number(stats.get("mean")), min=_number(stats.get("min")), max=_number(stats.get("max")), median=_number(stats.get("median")),
             stddev=_number(stats.get("stddev")), rounds=_number(stats.get("rounds"), int),
             algbw=_number(_first(sources, ("algbw_gbps", "algbw"))),
             busbw=_number(_first(sources, ("busbw_gbps", "busbw"))),

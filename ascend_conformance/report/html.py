@@ -2,8 +2,8 @@
 
 Sections: the verdict (overall and per area), failures with their evidence and repro commands, the
 conformance matrix (per area: every feature's configurations, coloured by outcome, with skip reasons),
-performance (latency and busbw against size per collective, dispatch/combine per MoE method, memory per
-feature, EPLB balancedness, and every benchmark as a table), figures the tests recorded, the layout
+performance (latency and busbw against size per collective, dispatch/combine per MoE method, time per
+benchmark of the other areas, memory per feature, EPLB balancedness, and every benchmark as a table), figures the tests recorded, the layout
 invariant findings, and the environment. A section without data says so and what produces it.
 
 Inputs: merged results (``results.load``) and benchmark rows (``benchmarks.load_all``). Plots are
@@ -90,7 +90,7 @@ def collective_plots(rows: list[BenchRow]) -> list[dict]:
 def moe_plots(rows: list[BenchRow]) -> list[dict]:
     """Dispatch / combine time per method (grouped bars), and peak memory per method where measured."""
     plt = _pyplot()
-    timed = [r for r in rows if r.mean is not None]
+    timed = [r for r in rows if r.mean]
     if not timed:
         return []
 
@@ -122,6 +122,27 @@ def moe_plots(rows: list[BenchRow]) -> list[dict]:
         mem_axis.set_ylabel("peak memory (MiB)")
         mem_axis.set_title("MoE peak memory per method")
     return [{"title": "MoE dispatch / combine per method", "png": _png(fig)}]
+
+
+def time_bars(area: str, rows: list[BenchRow]) -> list[dict]:
+    """Mean time per benchmark of one area (horizontal bars with the min-max range)."""
+    rows = sorted((r for r in rows if r.mean), key=lambda r: (r.op, r.variant, r.world_size or 0, r.size or 0))
+    if not rows:
+        return []
+    plt = _pyplot()
+    labels = [f"{r.op}" + (f" [{r.variant}]" if r.variant else "") + (f" ({r.world_size} ranks)" if r.world_size else "")
+              for r in rows]
+    fig, axis = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
+    means = [r.mean * 1e3 for r in rows]
+    spread = [[(r.mean - (r.min if r.min is not None else r.mean)) * 1e3 for r in rows],
+              [((r.max if r.max is not None else r.mean) - r.mean) * 1e3 for r in rows]]
+    axis.barh(range(len(rows)), means, xerr=spread, color="tab:blue", ecolor="#555", capsize=2)
+    axis.set_yticks(range(len(rows)), labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("mean time (ms)")
+    axis.set_title(f"{area}: time per benchmark")
+    axis.grid(True, axis="x", alpha=0.3)
+    return [{"title": f"{area}: time per benchmark", "png": _png(fig)}]
 
 
 def memory_plot(items: list[tuple[str, float]]) -> list[dict]:
@@ -215,7 +236,11 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
     totals = collections.Counter(t.get("outcome") for t in tests)
 
     collective_rows = [r for r in bench_rows if r.area == "collectives" or (r.busbw is not None and r.size)]
-    moe_rows = [r for r in bench_rows if r.area == "moe" and r not in collective_rows]
+    moe_rows = [r for r in bench_rows if r.area == "moe" and r.phase and r not in collective_rows]
+    other_rows: dict[str, list[BenchRow]] = collections.defaultdict(list)
+    for row in bench_rows:
+        if row not in collective_rows and row not in moe_rows and row.mean:
+            other_rows[row.area].append(row)
     memory_items = [(f"{r.area}: {r.op}" + (f" [{r.variant}]" if r.variant else "")
                      + (f" ({r.world_size} ranks)" if r.world_size else ""), float(r.memory))
                     for r in bench_rows if r.memory]
@@ -253,6 +278,7 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
         "collective_plots": collective_plots(collective_rows) if collective_rows else [],
         "moe_plots": moe_plots(moe_rows) if moe_rows else [],
         "memory_plots": memory_plot(memory_items),
+        "other_plots": [plot for area, rows in sorted(other_rows.items()) for plot in time_bars(area, rows)],
         "balancedness_plots": balancedness_plot(balancedness_items),
         "balancedness_items": sorted(balancedness_items),
         "bench_table": _bench_table(bench_rows),
@@ -393,6 +419,9 @@ nav a { margin-right: 14px; color: #fff; }
 <h3 id="perf-moe">MoE dispatch / combine per method</h3>
 {% for plot in moe_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
 {% else %}<p class="empty">No MoE benchmarks in this run.</p>{% endfor %}
+<h3 id="perf-other">Other benchmarks (time per benchmark, per area)</h3>
+{% for plot in other_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
+{% else %}<p class="empty">No other timed benchmarks in this run.</p>{% endfor %}
 <h3 id="perf-memory">Memory per feature</h3>
 {% for plot in memory_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
 {% else %}<p class="empty">No memory measurements in this run.</p>{% endfor %}
