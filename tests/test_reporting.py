@@ -221,6 +221,20 @@ def test_results_dir_option_and_clean(pytester):
     assert json.loads((pytester.path / "out" / "results.json").read_text())["verdict"] == "pass"
 
 
+def test_progress_from_a_test_gets_past_pytest_capture(pytester, monkeypatch):
+    monkeypatch.delenv("ASCEND_CONFORMANCE_PROGRESS", raising=False)
+    pytester.makepyfile(test_sweep="""
+def test_sweep(report):
+    with report.progress("size sweep", total=3, delay=0, interval=0) as progress:
+        for size in (1, 2, 4):
+            progress.advance(detail=f"{size} MiB")
+""")
+    run = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--results-dir=", timeout=120)
+    run.assert_outcomes(passed=1)
+    assert "size sweep: 3/3 (100%) elapsed 0:00 | 4 MiB" in run.stderr.str()
+    assert "size sweep: 3/3 (100%) elapsed 0:00 finished" in run.stderr.str()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pure parts
 # ----------------------------------------------------------------------------------------------------

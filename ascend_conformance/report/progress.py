@@ -97,9 +97,9 @@ class Progress:
 
     def _emit(self, now: float, final: bool) -> None:
         line = self._line(now, final)
-        stream = self.stream
-        in_place = bool(getattr(stream, "isatty", lambda: False)())
         with self._suspend():
+            stream = self.stream  # inside: with pytest's capture suspended, sys.stderr is the terminal again
+            in_place = bool(getattr(stream, "isatty", lambda: False)())
             if in_place:
                 stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
             else:
