@@ -151,9 +151,13 @@ def memory_plot(items: list[tuple[str, float]]) -> list[dict]:
     plt = _pyplot()
     items = sorted(items)
     fig, axis = plt.subplots(figsize=(10, 0.35 * len(items) + 1.2))
-    axis.barh(range(len(items)), [v / (1 << 20) for _, v in items], color="tab:purple")
+    values = [v / (1 << 20) for _, v in items]
+    axis.barh(range(len(items)), values, color="tab:purple")
     axis.set_yticks(range(len(items)), [k for k, _ in items], fontsize=8)
     axis.invert_yaxis()
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 100:  # KiB next to GiB: a linear axis hides the small ones
+        axis.set_xscale("log")
     axis.set_xlabel("peak memory (MiB)")
     axis.set_title("Peak memory per feature")
     axis.grid(True, axis="x", alpha=0.3)
@@ -329,7 +333,7 @@ h2 { font-size: 18px; margin: 8px 0 10px; } h3 { font-size: 15px; margin: 14px 0
 table { border-collapse: collapse; margin: 6px 0; font-size: 13px; }
 th, td { border-bottom: 1px solid #e6e8eb; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
 th { color: #555b65; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
 .pass, .passed, .xfailed { background: #1f7a3f; } .fail, .failed, .error, .xpassed { background: #b3261e; }
 .skipped, .no-tests { background: #8a8f96; }
