@@ -13,7 +13,8 @@ world size     ``world_size``, ``ranks``, ``nranks``
 area           ``area``, else the suite module in ``fullname`` (results.AREA_BY_MODULE_PREFIX)
 busbw / algbw  ``busbw_gbps`` / ``algbw_gbps`` (GB/s), or ``busbw`` / ``algbw``
 memory         ``peak_memory_bytes``, ``peak_bytes``, ``memory_bytes``
-balancedness   ``balancedness`` (mean over layers), with ``placement`` and ``load`` naming the case
+balancedness   ``balancedness`` (mean over layers), with ``placement``, ``load`` (and ``replicas``) naming
+               the case
 variant        ``variant``: anything else that tells two cases of one op apart (e.g. ``group=tp``,
                ``load=zipf1.0``); part of the comparison key
 phase          ``phase`` (e.g. dispatch / combine), ``group_kind`` (tp / ep / ...)

@@ -181,7 +181,7 @@ def balancedness_plot(items: list[tuple[str, str, float]]) -> list[dict]:
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("balancedness (mean / max load)")
     axis.set_title("EPLB balancedness")
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return [{"title": "EPLB balancedness", "png": _png(fig)}]
 
 
@@ -225,6 +225,13 @@ def _matrix(tests: list[Mapping]) -> dict:
     return out
 
 
+def _load_label(row: BenchRow) -> str:
+    label = str(row.extra.get("load") or row.variant or row.name)
+    if row.extra.get("replicas") is not None:
+        label += f" R={row.extra['replicas']}"
+    return label
+
+
 def _session_row(session) -> dict:
     if not isinstance(session, Mapping):  # older documents listed bare ids
         return {"session": str(session), "started": "", "tests": ""}
@@ -248,9 +255,8 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
     memory_items = [(f"{r.area}: {r.op}" + (f" [{r.variant}]" if r.variant else "")
                      + (f" ({r.world_size} ranks)" if r.world_size else ""), float(r.memory))
                     for r in bench_rows if r.memory]
-    balancedness_items = [(str(r.extra.get("load") or r.variant or r.name), str(r.extra.get("placement") or r.op),
-                           float(r.extra["balancedness"])) for r in bench_rows
-                          if isinstance(r.extra.get("balancedness"), (int, float))]
+    balancedness_items = [(_load_label(r), str(r.extra.get("placement") or r.op), float(r.extra["balancedness"]))
+                          for r in bench_rows if isinstance(r.extra.get("balancedness"), (int, float))]
     figures = []
     for test in tests:
         for figure in test.get("figures") or []:
