@@ -150,7 +150,7 @@ def _resolve_group(group) -> _Group:
         return _Group(ranks, group, group, f"process group of ranks {list(ranks)}")
     if hasattr(group, "ranks") and hasattr(group, "device_group"):
         ranks = tuple(int(r) for r in group.ranks)
-        name = getattr(group, "unique_name", "") or type(group).__name__
+        name = getattr(group, "unique_name", "") or getattr(group, "name", "") or type(group).__name__
         return _Group(ranks, group.device_group, getattr(group, "cpu_group", None) or group.device_group,
                       f"group {name} of ranks {list(ranks)}")
     raise ConfigError(f"group must be a list of ranks, a torch.distributed ProcessGroup or a GroupCoordinator, "

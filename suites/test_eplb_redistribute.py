@@ -301,6 +301,44 @@ def test_identical_placements_move_nothing(world):
         assert r["peak"] <= 1024, f"rank {rank}: {r['peak']} bytes allocated to move nothing"
 
 
+def _over_dynamic_eplb_coordinators(name: str) -> dict:
+    from ascend_conformance import groups
+    from ascend_conformance.topology import ParallelConfig, build_layout
+
+    # World 4 = DP2 x PP2: one dynamic_eplb group per PP stage, [0, 2] and [1, 3], moving at the same time.
+    groups.initialize_groups(build_layout(ParallelConfig(world_size=4, tp=1, pp=2, dp=2)))
+    try:
+        eplb = groups.get_dynamic_eplb_group()
+        ep_rank, ep_size = eplb.rank_in_group, eplb.world_size
+        sc = scenario(name, ep_size)
+        old, new, experts = sc["old"], sc["new"], sc["experts"]
+        state = ExpertState.create(ep_rank, ep_size, local_weights(old, ep_rank, ep_size), old,
+                                   *log2phy_of(old, experts))
+        with CommRecorder() as rec:
+            rebalance(state, new, *log2phy_of(new, experts), eplb)
+        check_weights(state.weights, new, ep_rank, ep_size, f"{name} over {eplb.ranks}")
+        peers = sorted({peer for _, peer, _, _ in rec.p2p})
+        assert all(pg is eplb.device_group for _, _, pg, _ in rec.p2p)
+        return {"ranks": list(eplb.ranks), "peers": peers, "ops": len(rec.p2p), "other": rec.other}
+    finally:
+        groups.destroy_groups()
+
+
+def test_redistribution_over_the_dynamic_eplb_group_coordinators(world):
+    try:
+        from ascend_conformance import groups
+    except ImportError as exc:
+        pytest.skip(f"ascend_conformance.groups not importable: {exc}")
+    if not all(hasattr(groups, f) for f in ("initialize_groups", "get_dynamic_eplb_group", "destroy_groups")):
+        pytest.skip("ascend_conformance.groups lacks get_dynamic_eplb_group")
+    results = world(4, timeout=120).run(_over_dynamic_eplb_coordinators, "handmade")
+    for rank, r in enumerate(results):
+        partner = {0: 2, 1: 3, 2: 0, 3: 1}[rank]
+        assert r["ranks"] == sorted([rank, partner]) and r["other"] == [], (rank, r)
+        # peers are global ranks of the rank's own stage group only
+        assert r["peers"] == [partner] and r["ops"] > 0, (rank, r)
+
+
 # ==================================================================================================
 # measured peak memory
 # ==================================================================================================

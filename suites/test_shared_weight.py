@@ -266,6 +266,46 @@ def test_full_sweep_bit_identical(world, world_size):
     assert len(set(results)) == 1 and results[0] > 0
 
 
+def _series_over_shard_weight_groups(k):
+    from ascend_conformance import groups
+    from ascend_conformance.topology import ParallelConfig, build_layout
+
+    # World 4 = DP2 x PP2 with layer sharding: the shard_weight groups are the PP stages [0, 2] and [1, 3].
+    groups.initialize_groups(build_layout(ParallelConfig(world_size=4, tp=1, pp=2, dp=2, layer_sharding=True)))
+    try:
+        coordinator = groups.get_shard_weight_group()
+        stage = groups.get_pp_group().rank_in_group
+        start, count = (0, 5) if stage == 0 else (5, 4)  # stage 1 starts at 5: 5 mod 4 != 0
+        cfg = dict(ranks=list(coordinator.ranks), count=count, start=start, k=k, dtype=torch.float32, hidden=HIDDEN,
+                   seed=77)
+        outputs = run_series(cfg, coordinator.ranks, 3, coordinator)
+        for p, outs in enumerate(outputs):
+            for j, (got, want) in enumerate(zip(outs, reference_pass(cfg, pass_input(cfg, p)))):
+                assert_close(got, want, kind=Kind.EXACT, what=f"stage {stage} pass {p} layer {start + j}")
+        return list(coordinator.ranks), start
+    finally:
+        groups.destroy_groups()
+
+
+def _groups_module_ready() -> str | None:
+    try:
+        from ascend_conformance import groups
+    except ImportError as exc:
+        return f"ascend_conformance.groups not importable: {exc}"
+    missing = [f for f in ("initialize_groups", "get_shard_weight_group", "get_pp_group", "destroy_groups")
+               if not hasattr(groups, f)]
+    return f"ascend_conformance.groups lacks {missing}" if missing else None
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_series_over_the_shard_weight_group_coordinators(world, k):
+    reason = _groups_module_ready()
+    if reason:
+        pytest.skip(reason)
+    assert world(4, timeout=120).run(_series_over_shard_weight_groups, k) == [
+        ([0, 2], 0), ([1, 3], 5), ([0, 2], 0), ([1, 3], 5)]
+
+
 # ==================================================================================================
 # 3. weight storage per rank, counted from storage bytes
 # ==================================================================================================
