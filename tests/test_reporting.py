@@ -235,6 +235,13 @@ def test_sweep(report):
     assert "size sweep: 3/3 (100%) elapsed 0:00 finished" in run.stderr.str()
 
 
+def test_an_area_marker_without_a_name_is_a_usage_error(pytester):
+    pytester.makepyfile(test_marked="import pytest\n\n@pytest.mark.area\ndef test_x():\n    pass\n")
+    run = pytester.runpytest("-p", "no:xdist", "--results-dir=")
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    run.stderr.fnmatch_lines(["*test_marked.py::test_x: @pytest.mark.area takes one name*"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pure parts
 # ----------------------------------------------------------------------------------------------------
