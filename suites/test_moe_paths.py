@@ -334,14 +334,15 @@ def test_garbage_rows_catch_a_method_that_reads_them(world):
 
 # ------------------------------------------------------------------ trap: a DP rank with 0 tokens
 
-_COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_reduce", "reduce_scatter", "reduce_scatter_tensor",
-                "all_to_all", "all_to_all_single", "broadcast", "barrier", "gather", "scatter", "all_gather_object")
+_COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_gather_single", "all_reduce", "reduce_scatter",
+                "reduce_scatter_tensor", "reduce_scatter_single", "all_to_all", "all_to_all_single", "broadcast",
+                "barrier", "gather", "scatter", "all_gather_object")
 
 
 @contextlib.contextmanager
 def recording_collectives(log: list):
     """Append (collective, group ranks) to `log` for every torch.distributed collective this rank issues."""
-    originals = {name: getattr(dist, name) for name in _COLLECTIVES}
+    originals = {name: getattr(dist, name) for name in _COLLECTIVES if hasattr(dist, name)}
 
     def wrap(name, original):
         def recorded(*args, **kwargs):

@@ -19,7 +19,6 @@ import dataclasses
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
 from ascend_conformance.errors import ConfigError
 
@@ -56,6 +55,8 @@ def gather_forward_context(num_tokens: int, dp_group, tp_size: int, device=None)
     if dp_group.world_size == 1:
         return forward_context([num_tokens], 0, tp_size, device)
     mine = torch.tensor([num_tokens], dtype=torch.int64, device=device)
+    from ascend_conformance.moe.parallel import all_gather_tensor
+
     everyone = torch.empty(dp_group.world_size, dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(everyone, mine, group=dp_group.device_group)
+    all_gather_tensor(everyone, mine, group=dp_group.device_group)
     return forward_context(everyone.tolist(), dp_group.rank_in_group, tp_size, device)

@@ -188,13 +188,13 @@ class _AllGatherFamily(MoECommMethod):
         dp = self.groups.dp
         if dp.world_size > 1:
             x, topk_ids, topk_weights = self.pad_tokens(x, topk_ids, topk_weights, ctx.max_tokens_across_dp)
-            x, topk_ids, topk_weights = dp.all_gather(x), dp.all_gather(topk_ids), dp.all_gather(topk_weights)
+            x, topk_ids, topk_weights = (dp.all_gather(t, dim=0) for t in (x, topk_ids, topk_weights))
         return Prepared(x, topk_ids, topk_weights, ctx.num_tokens, x.shape[0])
 
     def finalize(self, combined, prepared, ctx, reduce_results=True):
         out = combined
         if self.groups.dp.world_size > 1:
-            out = self.groups.dp.reduce_scatter(out)[:prepared.num_tokens]
+            out = self.groups.dp.reduce_scatter(out, dim=0)[:prepared.num_tokens]
         if reduce_results:
             out = self.groups.tp.all_reduce(out)
         return out
@@ -288,7 +288,7 @@ class _TensorParallelSplit(MoECommMethod):
             sizes = self.split_sizes(prepared.rows_before_split)
             widest = max(sizes)
             padded = torch.cat([out, out.new_zeros((widest - out.shape[0], out.shape[1]))])
-            gathered = tp.all_gather(padded)  # [TP·widest, H]
+            gathered = tp.all_gather(padded, dim=0)  # [TP·widest, H]
             keep = torch.cat([torch.arange(size, device=out.device) + i * widest for i, size in enumerate(sizes)])
             out = gathered.index_select(0, keep)
         return out[:prepared.num_tokens]
@@ -312,7 +312,7 @@ class AllToAll(_TensorParallelSplit):
         ep, ranks, stride = self.groups.ep, self.placement.ep_size, self.placement.max_local
         slots = self.slots_of(ids)
         per_slot = torch.bincount(slots.reshape(-1).long(), minlength=self.placement.num_slots)
-        every_rank = ep.all_gather(per_slot.unsqueeze(0)).view(ranks, ranks, stride)  # [source, dest, local]
+        every_rank = ep.all_gather(per_slot.unsqueeze(0), dim=0).view(ranks, ranks, stride)  # [source, dest, local]
         send_splits = per_slot.view(ranks, stride).sum(dim=1).tolist()
         from_sources = every_rank[:, self.ep_rank]  # [source, local]: rows each source sends me per expert
         recv_splits = from_sources.sum(dim=1).tolist()
@@ -350,7 +350,7 @@ class MC2(_TensorParallelSplit):
         return Prepared(x, topk_ids, topk_weights, ctx.num_tokens, rows, mask)
 
     def permute(self, prepared):
-        ep = self.groups.ep
+        ep = self.groups.mc2
         slots = self.slots_of(prepared.topk_ids)
         expand_x, _, assist_info, token_nums, ep_recv_counts, tp_recv_counts, _ = \
             self.ops.npu_moe_distribute_dispatch_v2(
@@ -359,7 +359,7 @@ class MC2(_TensorParallelSplit):
         return Dispatched(expand_x, token_nums[:self.num_local], 1, (slots, assist_info, ep_recv_counts, tp_recv_counts))
 
     def unpermute(self, expert_out, dispatched, prepared):
-        ep = self.groups.ep
+        ep = self.groups.mc2
         slots, assist_info, ep_recv_counts, tp_recv_counts = dispatched.handle
         return self.ops.npu_moe_distribute_combine_v2(
             expert_out, slots, assist_info, ep_recv_counts, prepared.topk_weights, ep.device_group, ep.world_size,

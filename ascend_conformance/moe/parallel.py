@@ -2,7 +2,8 @@
 
 A method only needs ``world_size``, ``rank_in_group``, ``ranks``, ``device_group`` and the collectives
 ``all_gather(t, dim)``, ``reduce_scatter(t, dim)`` and ``all_reduce(t)`` (out of place; a group of one
-returns its input), the subset of vLLM's GroupCoordinator that SEMANTICS.md §2 specifies.
+returns its input), the subset of vLLM's GroupCoordinator that SEMANTICS.md §2 specifies; the methods
+always pass ``dim`` (vLLM's default is -1).
 
 :func:`moe_groups` builds them for a :class:`~ascend_conformance.topology.ParallelConfig` from the
 reference layout (``topology.build_layout``): one ``torch.distributed`` group per group of each kind, every
@@ -22,6 +23,18 @@ from ascend_conformance.harness.context import register_cleanup
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 
+
+def all_gather_tensor(output: torch.Tensor, input_: torch.Tensor, group) -> None:
+    """torch 2.13 renamed the tensor form of all-gather (the old name warns); older torch (as shipped with
+    torch_npu) has only the old one. Looked up per call, so wrappers of torch.distributed see it."""
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(output, input_, group=group)
+
+
+def reduce_scatter_tensor(output: torch.Tensor, input_: torch.Tensor, group) -> None:
+    """The tensor form of reduce-scatter under its new or old name (see :func:`all_gather_tensor`)."""
+    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(output, input_, group=group)
+
+
 class Group:
     """One group this rank belongs to, with the GroupCoordinator collectives the MoE methods use."""
 
@@ -37,7 +50,7 @@ class Group:
             return tensor
         moved = tensor.movedim(dim, 0).contiguous()
         out = moved.new_empty((self.world_size * moved.shape[0], *moved.shape[1:]))
-        dist.all_gather_into_tensor(out, moved, group=self.device_group)
+        all_gather_tensor(out, moved, group=self.device_group)
         return out.movedim(0, dim)
 
     def reduce_scatter(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -49,7 +62,7 @@ class Group:
             raise ConfigError(f"reduce_scatter: dim {dim} of size {moved.shape[0]} is not divisible by the group "
                               f"size {self.world_size}")
         out = moved.new_empty((moved.shape[0] // self.world_size, *moved.shape[1:]))
-        dist.reduce_scatter_tensor(out, moved, group=self.device_group)
+        reduce_scatter_tensor(out, moved, group=self.device_group)
         return out.movedim(0, dim)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -69,6 +82,7 @@ class MoEGroups:
     tp: Group
     dp: Group
     ep: Group
+    mc2: Group  # same members and order as ep (vllm-ascend gives MC2 its own communicator)
     config: ParallelConfig
 
 
@@ -94,7 +108,7 @@ def moe_groups(config: ParallelConfig) -> MoEGroups:
         layout = build_layout(config)
         me = dist.get_rank()
         mine = {}
-        for kind in ("tp", "dp", "ep"):
+        for kind in ("tp", "dp", "ep", "mc2"):
             for ranks in layout[kind]:
                 # Every rank creates every group, in layout order, as torch.distributed requires.
                 # torch.distributed orders a group by ascending global rank, which is the layout's order
@@ -105,5 +119,5 @@ def moe_groups(config: ParallelConfig) -> MoEGroups:
                 handle = dist.group.WORLD if whole else dist.new_group(ranks)
                 if me in ranks:
                     mine[kind] = Group(ranks, handle)
-        _cache[key] = MoEGroups(mine["tp"], mine["dp"], mine["ep"], config)
+        _cache[key] = MoEGroups(mine["tp"], mine["dp"], mine["ep"], mine["mc2"], config)
     return _cache[key]
