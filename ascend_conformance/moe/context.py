@@ -54,9 +54,5 @@ def gather_forward_context(num_tokens: int, dp_group, tp_size: int, device=None)
     """All-gather `num_tokens` over the DP group (a GroupCoordinator-like object) and build the context."""
     if dp_group.world_size == 1:
         return forward_context([num_tokens], 0, tp_size, device)
-    mine = torch.tensor([num_tokens], dtype=torch.int64, device=device)
-    from ascend_conformance.moe.parallel import all_gather_tensor
-
-    everyone = torch.empty(dp_group.world_size, dtype=torch.int64, device=device)
-    all_gather_tensor(everyone, mine, group=dp_group.device_group)
+    everyone = dp_group.all_gather(torch.tensor([num_tokens], dtype=torch.int64, device=device), dim=0)
     return forward_context(everyone.tolist(), dp_group.rank_in_group, tp_size, device)
