@@ -110,6 +110,8 @@ class MoECommMethod:
 
     def finalize(self, combined: torch.Tensor, prepared: Prepared, ctx: ForwardContext,
                  reduce_results: bool = True) -> torch.Tensor:
+        """[ctx.num_tokens, H]. reduce_results: the AllGather family all-reduces over TP only when True
+        (else the caller reduces); AllToAll / MC2 combine already sums every expert, so it changes nothing."""
         raise NotImplementedError
 
     def forward(self, x, topk_ids, topk_weights, mlp, ctx: ForwardContext, reduce_results: bool = True):

@@ -47,9 +47,10 @@ class ExpertMLP:
         if group_list.numel() != self.num_local:
             raise ConfigError(f"group_list must have one entry per local expert ({self.num_local}), "
                               f"got {group_list.numel()}")
+        # split_item=2 / group_type=0: one output tensor, groups along the rows (vllm-ascend's call).
         h = self.ops.npu_grouped_matmul(x=[hidden], weight=[self.w13_t], group_list=group_list,
-                                        group_list_type=group_list_type, split_item=3)[0]
+                                        group_list_type=group_list_type, split_item=2, group_type=0)[0]
         gate, up = h.float().split(self.intermediate, dim=1)
         activated = (torch.nn.functional.silu(gate) * up).to(hidden.dtype)
         return self.ops.npu_grouped_matmul(x=[activated], weight=[self.w2_t], group_list=group_list,
-                                           group_list_type=group_list_type, split_item=3)[0]
+                                           group_list_type=group_list_type, split_item=2, group_type=0)[0]
