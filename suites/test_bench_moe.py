@@ -2,7 +2,7 @@
 measures, as tests that also check what they time (see ``ascend_conformance/moe/benchmark.py``).
 
 * permute + unpermute throughput of native / golden (/ torch_npu on an NPU) against the bandwidth of a
-  large copy on the same device;
+  large copy on the same device (into an existing buffer, and a clone into a fresh one);
 * dispatch + combine latency and bandwidth per method, DeepEP-style payload (rows sent to other ranks),
   against a raw all_to_all_single of AllToAll's rows (target <= 1.3x; enforced on accelerators, where the
   op path runs real kernels — on CPU the golden models' single-threaded arithmetic dominates, so the
@@ -54,10 +54,12 @@ def test_permute_unpermute_throughput(world, report, request):
     tokens, top_k, hidden = SHAPE["throughput_tokens"], SHAPE["top_k"], SHAPE["hidden"]
     assert result["bytes"] == 2 * (tokens * top_k + tokens) * hidden * element
     report.figure("large copy bandwidth", result["copy"]["gbps"], "GB/s")
+    report.figure("large clone bandwidth (fresh buffer)", result["clone"]["gbps"], "GB/s")
     for name, figures in variants.items():
         report.figure(f"{name} permute+unpermute", figures["median_s"] * 1e3, "ms")
         report.figure(f"{name} throughput", figures["gbps"], "GB/s")
         report.figure(f"{name} time / copy floor", figures["times_floor"], "x")
+        report.figure(f"{name} time / clone floor", figures["times_clone_floor"], "x")
         # Moving the bytes cannot take less than copying them (10 % for timer noise).
         assert figures["times_floor"] > 0.9, f"{name} beats the copy floor: the byte accounting is wrong"
     shape = {**SHAPE, "world_size": 1}
