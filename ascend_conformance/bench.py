@@ -304,15 +304,28 @@ class SweepSpec:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
 
 
-def measured_kinds(spec: SweepSpec) -> list[str]:
+def _requested_kinds(spec: SweepSpec) -> tuple[dict, list[str]]:
     layout = build_layout(ParallelConfig(**spec.config))
     if spec.kinds is None:
-        return [kind for kind, kind_groups in layout.items() if len(kind_groups[0]) > 1]
+        return layout, list(layout)
     missing = [kind for kind in spec.kinds if kind not in layout]
     if missing:
         raise ConfigError(f"group kinds {missing} are not in the layout of {ParallelConfig(**spec.config).describe()} "
                           f"(kinds: {', '.join(layout)})")
-    return list(spec.kinds)
+    return layout, list(spec.kinds)
+
+
+def measured_kinds(spec: SweepSpec) -> list[str]:
+    """The requested kinds (default: all of the layout) whose groups have more than one member."""
+    layout, kinds = _requested_kinds(spec)
+    return [kind for kind in kinds if max(len(group) for group in layout[kind]) > 1]
+
+
+def skipped_kinds(spec: SweepSpec) -> dict[str, str]:
+    """Requested kinds that are not measured, with the reason."""
+    layout, kinds = _requested_kinds(spec)
+    return {kind: "groups of one rank do not communicate" for kind in kinds
+            if max(len(group) for group in layout[kind]) == 1}
 
 
 def run_sweep(spec: SweepSpec) -> list[dict]:
@@ -349,9 +362,15 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
                         prepared.suite()
                         prepared.raw()
                     suite, raw = [], []
-                    for _ in range(spec.rounds):
-                        suite.append(time_suite_round(prepared.suite, spec.iters, world.barrier))
-                        raw.append(time_raw_round(prepared.raw, spec.iters, world.barrier))
+                    for round_index in range(spec.rounds):
+                        # Alternate which variant goes first: the first loop after a barrier runs on
+                        # freshly woken ranks, and a fixed order would bias the ratio.
+                        if round_index % 2 == 0:
+                            suite.append(time_suite_round(prepared.suite, spec.iters, world.barrier))
+                            raw.append(time_raw_round(prepared.raw, spec.iters, world.barrier))
+                        else:
+                            raw.append(time_raw_round(prepared.raw, spec.iters, world.barrier))
+                            suite.append(time_suite_round(prepared.suite, spec.iters, world.barrier))
                     merged = rank_max([float(wrong), *suite, *raw], world)
                     rows.append({**row, "wrong": int(merged[0]), "suite": merged[1:1 + spec.rounds],
                                  "raw": merged[1 + spec.rounds:]})

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
 
                 print(f"\n# world {world_size}: {ParallelConfig(**spec.config).describe()}, platform {plat.name} "
                       f"({plat.backend}), dtype {spec.dtype}", flush=True)
+                for kind, why in bench.skipped_kinds(spec).items():
+                    print(f"# {kind}: skipped ({why})")
                 rows = runner.run(world_size, bench.run_sweep, (spec,), {}, f"benchmarks/collectives.py::w{world_size}")[0]
                 print(bench.format_table(rows, world_size, spec), flush=True)
                 entries += bench.benchmark_entries(rows, world_size, spec, plat.name)
