@@ -6,7 +6,9 @@ measure, as rank functions, plus the pytest-benchmark-schema JSON they write.
    golden init_routing_v2 / token_unpermute) and ``torch_npu`` (AllGather on the real ops, on an NPU).
    Bytes moved = 2·(N·K + N)·H·elem (permute reads x and writes N·K rows; unpermute reads them back and
    writes N rows); the floor is the same bytes at the bandwidth of a large ``copy_`` on the same device
-   (read + write counted), measured in the same process.
+   (read + write counted), timed round-robin with the variants in the same process. A second floor,
+   ``clone()`` of the same buffer, includes what every op pays for a fresh output (on CPU the first touch
+   of newly mapped pages costs about as much as the copy itself).
 2. **dispatch + combine per method** (a world; DP = EP = world, TP 1): dispatch = prepare + permute,
    combine = unpermute + finalize, with identity experts (the MLP is not timed). Byte accounting
    DeepEP-style: the real routed payload of a rank is the rows of its routing entries whose expert lives
