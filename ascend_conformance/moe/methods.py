@@ -277,7 +277,8 @@ class _TensorParallelSplit(MoECommMethod):
         tp = self.groups.tp.world_size
         return [rows // tp + (1 if i < rows % tp else 0) for i in range(tp)]
 
-    def take_tp_chunk(self, rows: int, *tensors):
+    def take_tp_chunk(self, *tensors):
+        """This TP rank's torch.tensor_split chunk of every tensor (along rows)."""
         tp = self.groups.tp
         if tp.world_size == 1:
             return tensors
@@ -306,7 +307,7 @@ class AllToAll(_TensorParallelSplit):
     def prepare(self, x, topk_ids, topk_weights, ctx):
         rows = max(x.shape[0], self.groups.tp.world_size)  # pad only when there are fewer tokens than TP ranks
         x, topk_ids, topk_weights = self.pad_tokens(x, topk_ids, topk_weights, rows)
-        x, topk_ids, topk_weights = self.take_tp_chunk(rows, x, topk_ids, topk_weights)
+        x, topk_ids, topk_weights = self.take_tp_chunk(x, topk_ids, topk_weights)
         return Prepared(x, topk_ids, topk_weights, ctx.num_tokens, rows)
 
     def permute(self, prepared):
@@ -348,7 +349,7 @@ class MC2(_TensorParallelSplit):
     def prepare(self, x, topk_ids, topk_weights, ctx):
         rows = ctx.padded_num_tokens
         x, topk_ids, topk_weights = self.pad_tokens(x, topk_ids, topk_weights, rows)
-        x, topk_ids, topk_weights, mask = self.take_tp_chunk(rows, x, topk_ids, topk_weights, ctx.mc2_mask)
+        x, topk_ids, topk_weights, mask = self.take_tp_chunk(x, topk_ids, topk_weights, ctx.mc2_mask)
         return Prepared(x, topk_ids, topk_weights, ctx.num_tokens, rows, mask)
 
     def permute(self, prepared):

@@ -242,23 +242,19 @@ def run_on_rank(scenario: Scenario, *, keep_tensors: bool = False, method_cls=No
     return result
 
 
-def compare_with_oracle(out, x, topk_ids, topk_weights, w13, w2, what: str) -> dict:
-    """{"max_abs_err", "max_rel_err", "ok", "message"} of `out` against the dense oracle."""
-    expected = dense_moe(x, topk_ids, topk_weights, w13, w2)
-    return compare_result(out, expected, Kind.ACCUMULATED, what)
-
-
 def compare_result(out: torch.Tensor, expected: torch.Tensor, kind: Kind, what: str) -> dict:
     """Errors against the float32 `expected`; the verdict from the policy on `expected` rounded to out's dtype."""
     result = {"max_abs_err": 0.0, "max_rel_err": 0.0, "tolerance_used": 0.0, "ok": True, "message": None}
     if out.shape == expected.shape and out.numel():
-        diff = (out.float() - expected.float()).abs()
+        # A NaN anywhere counts as an infinite error (max() would otherwise skip or propagate it at random).
+        diff = (out.float() - expected.float()).abs().nan_to_num(nan=math.inf)
         result["max_abs_err"] = float(diff.max())
         result["max_rel_err"] = float((diff / expected.float().abs().clamp_min(1e-6)).max())
         rounded = expected.to(out.dtype).float()
         rtol, atol = tolerance(out.dtype, kind)
         if rtol or atol:  # share of the allowed error used by the worst element (1.0 = at the limit)
-            result["tolerance_used"] = float(((out.float() - rounded).abs() / (atol + rtol * rounded.abs())).max())
+            used = (out.float() - rounded).abs() / (atol + rtol * rounded.abs())
+            result["tolerance_used"] = float(used.nan_to_num(nan=math.inf).max())
     try:
         assert_close(out, expected.to(out.dtype), kind=kind, what=what)
     except AssertionError as exc:
@@ -293,9 +289,9 @@ def summarize(scenario: Scenario, rank_results: list[dict]) -> dict:
         "expert_placement": scenario.expert_placement().describe(),
         "ops": rank_results[0]["ops"] if rank_results else None,
         "oracle": "dense float32" if scenario.method in COMPUTING_METHODS else "input (dummy keeps the token buffer)",
-        "max_abs_err": max((r["max_abs_err"] for r in rank_results), default=0.0),
-        "max_rel_err": max((r["max_rel_err"] for r in rank_results), default=0.0),
-        "tolerance_used": max((r["tolerance_used"] for r in rank_results), default=0.0),
+        "max_abs_err": _json_number(max((r["max_abs_err"] for r in rank_results), default=0.0)),
+        "max_rel_err": _json_number(max((r["max_rel_err"] for r in rank_results), default=0.0)),
+        "tolerance_used": _json_number(max((r["tolerance_used"] for r in rank_results), default=0.0)),
         "rtol": rtol,
         "atol": atol,
         "ok": not failures,
@@ -305,9 +301,14 @@ def summarize(scenario: Scenario, rank_results: list[dict]) -> dict:
     }
 
 
+def _json_number(value: float):
+    """The value, or the string "inf" for a non-finite error (strict JSON has no Infinity)."""
+    return value if math.isfinite(value) else "inf"
+
+
 def failure_report(summary: dict) -> str:
     """What a failing test prints for one scenario: the verdict, the first mismatch table, the repro."""
     return (f"{summary['method']} world {summary['world_size']} dp{summary['dp']} tp{summary['tp']} "
             f"tokens_per_dp {summary['tokens_per_dp']}: ranks {summary['failing_ranks']} exceed rtol "
-            f"{summary['rtol']:g} atol {summary['atol']:g} (max abs err {summary['max_abs_err']:.3g})\n"
+            f"{summary['rtol']:g} atol {summary['atol']:g} (max abs err {summary['max_abs_err']})\n"
             f"{summary['first_failure']}\nrepro: {summary['repro']}")
