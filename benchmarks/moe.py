@@ -12,7 +12,6 @@ read). The ranks come from a forkserver, which re-imports this file: keep everyt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -80,11 +79,10 @@ def main(argv=None) -> int:
     shape, throughput, methods = run(args)
     print(benchmark.format_table(shape, throughput, methods))
     if args.json:
-        document = benchmark.benchmark_document(benchmark.benchmark_entries(shape, throughput, methods))
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"wrote {args.json}")
+        from ascend_conformance.report import benchmark_json
+
+        entries = benchmark.benchmark_entries(shape, throughput, methods)
+        print(f"wrote {benchmark_json.write(args.json, benchmark_json.document(entries))}")
     return 0
 
 

@@ -14,7 +14,6 @@ its figures to the report. Every timed path was first checked against ``x · Σ 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -22,6 +21,7 @@ import torch
 
 from ascend_conformance import platform as platforms
 from ascend_conformance.moe import benchmark
+from ascend_conformance.report import benchmark_json
 
 pytestmark = pytest.mark.bench
 
@@ -34,13 +34,8 @@ METHODS = ("native_allgather", "allgather", "alltoall", "mc2")
 
 
 def _write(request, name: str, entries: list[dict]) -> str:
-    directory = os.path.join(str(request.config.rootpath), "reports", "benchmarks")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"moe_{name}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(benchmark.benchmark_document(entries), handle, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    path = os.path.join(str(request.config.rootpath), "reports", "benchmarks", f"moe_{name}.json")
+    return benchmark_json.write(path, benchmark_json.document(entries))
 
 
 def test_permute_unpermute_throughput(world, report, request):

@@ -19,22 +19,25 @@ measure, as rank functions, plus the pytest-benchmark-schema JSON they write.
    moves whole token batches instead, so its ratio shows that cost.
 3. **peak memory per method**: ``platform.measure_peak()`` over one dispatch + combine, max over ranks.
 
-Timing: after warm-up, each round is bracketed by a barrier and the platform timer (device events on
-accelerators, perf_counter after a sync on CPU); a round's time is the max over ranks (all-reduce MAX).
+Timing (``ascend_conformance.bench``): after warm-up, every call is bracketed by a barrier on the world's
+CPU group and the platform timer (device events on accelerators, perf_counter after a sync on CPU); the
+variants of a measurement run round-robin; a round's time is the max over ranks. JSON through
+``report.benchmark_json`` (pytest-benchmark's schema).
 Every measured path is also checked: with identity experts the output must be ``x · Σ_k w`` (= x, the
 weights sum to 1) within the ACCUMULATED tolerance, so a benchmark never times a wrong result.
 """
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.distributed as dist
 
-from ascend_conformance import platform as platforms
+from ascend_conformance import bench, platform
+from ascend_conformance import groups as live
 from ascend_conformance.compare import Kind, assert_close
 from ascend_conformance.moe.context import forward_context
+from ascend_conformance.report import benchmark_json
 from ascend_conformance.moe.methods import AllGather, NativeAllGather
 from ascend_conformance.moe.ops import GoldenOps, op_provider
 from ascend_conformance.moe.parallel import moe_groups
@@ -47,49 +50,23 @@ TARGET_RATIO = 1.3
 
 # ------------------------------------------------------------------------------------------ timing
 
-def time_rounds(fn, *, warmup: int, rounds: int) -> list[float]:
-    """Seconds per round, max over the ranks of the world (every rank must call it with the same counts)."""
-    plat = platforms.get()
-    for _ in range(warmup):
-        fn()
-    distributed = dist.is_initialized() and dist.get_world_size() > 1
-    timer = plat.timer()
-    times = []
-    for _ in range(rounds):
-        if distributed:
-            dist.barrier()
-        timer.start()
-        fn()
-        times.append(timer.stop())
-    if distributed:
-        worst = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-        times = worst.tolist()
-    return times
-
-
 def time_interleaved(fns: dict, *, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """Like :func:`time_rounds` for several functions, run round-robin (one call of each per round), so a
-    change of host load hits them alike and their ratio stays meaningful on a shared machine."""
-    plat = platforms.get()
+    """Seconds per call of every function, max over the ranks of the world, timed round-robin (one call
+    of each per round, the first one rotating) so that a change of host load hits them alike and their
+    ratio stays meaningful on a shared machine. Every rank calls it with the same functions (a
+    collective). Each call is one :func:`ascend_conformance.bench.time_suite_round`: a barrier on the
+    world's CPU group, the call, the platform timer (device events where the device has them)."""
+    world = live.get_world_group()
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    distributed = dist.is_initialized() and dist.get_world_size() > 1
-    timer = plat.timer()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            if distributed:
-                dist.barrier()
-            timer.start()
-            fn()
-            times[name].append(timer.stop())
-    if distributed:
-        worst = torch.tensor([times[name] for name in fns], dtype=torch.float64)
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-        times = {name: row for name, row in zip(fns, worst.tolist())}
-    return times
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(bench.time_suite_round(fns[name], 1, world.barrier))
+    return {name: bench.rank_max(times[name], world) for name in names}
 
 
 def summary(times: list[float]) -> dict:
@@ -196,7 +173,7 @@ def dispatch_combine_on_rank(values: dict, *, rounds: int, warmup: int, with_raw
     out = combine(*dispatch())
     assert_close(out, _identity_reference(x, weights), kind=Kind.ACCUMULATED,
                  what=f"rank {setup.rank}: {scenario.method} dispatch + combine with identity experts")
-    plat = platforms.get()
+    plat = platform.get()
     with plat.measure_peak() as peak:
         combine(*dispatch())
     state = dispatch()
@@ -263,24 +240,9 @@ def method_figures(method: str, per_rank: list[dict]) -> dict:
     return figures
 
 
-def _stats(times: list[float]) -> dict:
-    """pytest-benchmark's ``stats`` block for per-round seconds."""
-    data = sorted(times)
-    q1, median, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
-    mean = statistics.mean(data)
-    stddev = statistics.stdev(data) if len(data) > 1 else 0.0
-    iqr = q3 - q1
-    return {"min": data[0], "max": data[-1], "mean": mean, "stddev": stddev, "rounds": len(data), "median": median,
-            "iqr": iqr, "q1": q1, "q3": q3, "ld15iqr": data[0], "hd15iqr": data[-1], "ops": 1.0 / mean if mean else 0.0,
-            "total": sum(data), "data": list(times), "iterations": 1,
-            "iqr_outliers": sum(1 for t in data if t < q1 - 1.5 * iqr or t > q3 + 1.5 * iqr),
-            "stddev_outliers": sum(1 for t in data if abs(t - mean) > stddev), "outliers": "0;0"}
-
-
 def _entry(name: str, fullname: str, times: list[float], extra: dict, group: str) -> dict:
-    return {"group": group, "name": name, "fullname": fullname, "params": None, "param": None,
-            "extra_info": {"area": "moe", **extra}, "stats": _stats(times),
-            "options": {"timer": type(platforms.get().timer()).__name__, "min_rounds": len(times)}}
+    return benchmark_json.benchmark_entry(name, fullname, times, extra_info={"area": "moe", **extra}, group=group,
+                                          options={"timer": "platform timer, rank-max, interleaved rounds"})
 
 
 def benchmark_entries(shape: dict, throughput: dict | None, methods: dict, source: str = "benchmarks/moe.py",
@@ -329,15 +291,6 @@ def benchmark_entries(shape: dict, throughput: dict | None, methods: dict, sourc
                                                           "algbw_gbps": data["raw_gbps"], "variant": "baseline"},
                                       f"moe {phase}"))
     return entries
-
-
-def benchmark_document(entries: list[dict]) -> dict:
-    """The whole file in pytest-benchmark's schema."""
-    from ascend_conformance.report.environment import machine_info
-
-    info = machine_info()
-    return {"machine_info": info, "commit_info": {"id": info.get("git_commit", "unknown")}, "benchmarks": entries,
-            "datetime": time.strftime("%Y-%m-%dT%H:%M:%S"), "version": "ascend-conformance moe benchmark 1"}
 
 
 def format_table(shape: dict, throughput: dict | None, methods: dict) -> str:
