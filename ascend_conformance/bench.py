@@ -229,8 +229,12 @@ def prepare(op: str, g: GroupCoordinator, count: int, dtype: torch.dtype) -> _Pr
         x = pattern(g.rank, 0, count, dtype, device)
         received = torch.empty(count, dtype=dtype, device=device)
         after, before = (me + 1) % n, (me - 1) % n
-        raw_ops = [dist.P2POp(dist.isend, x, g.ranks[after], group=dg),
-                   dist.P2POp(dist.irecv, received, g.ranks[before], group=dg)]
+        after_global, before_global = g.ranks[after], g.ranks[before]
+
+        def raw():
+            # What hand-written code does: build the P2P ops of this step, post them, wait.
+            _wait_all(dist.batch_isend_irecv([dist.P2POp(dist.isend, x, after_global, group=dg),
+                                              dist.P2POp(dist.irecv, received, before_global, group=dg)]))
 
         def suite():
             _wait_all(g.batch_isend_irecv([P2P.send(x, after), P2P.recv(received, before)]))
@@ -240,7 +244,7 @@ def prepare(op: str, g: GroupCoordinator, count: int, dtype: torch.dtype) -> _Pr
             suite()
             return _count_wrong(received, lambda a, b: pattern(g.ranks[before], a, b, dtype, device))
 
-        return _Prepared(suite, lambda: _wait_all(dist.batch_isend_irecv(raw_ops)), check)
+        return _Prepared(suite, raw, check)
     raise ConfigError(f"unknown collective {op!r}: choose from {', '.join(COLLECTIVES)}")
 
 
