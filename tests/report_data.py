@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 
-from ascend_conformance.report import results
+from ascend_conformance.report import benchmark_json, results
 
 MACHINE = {"node": "npu-host-01", "machine": "aarch64", "python_version": "3.11.7", "system": "Linux",
            "release": "5.10", "platform": "npu", "device_model": "Ascend910B3", "soc": "Ascend910B3",
@@ -15,27 +14,12 @@ COLLECTIVES = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: 
 BUSBW_PEAK = {"all_reduce": 160.0, "all_gather": 180.0}  # GB/s at large sizes, made up but plausible
 
 
-def stats(times: list[float]) -> dict:
-    """pytest-benchmark's ``stats`` block for a list of per-round seconds."""
-    data = sorted(times)
-    q1, median, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
-    iqr = q3 - q1
-    mean = statistics.mean(data)
-    stddev = statistics.stdev(data) if len(data) > 1 else 0.0
-    return {"min": data[0], "max": data[-1], "mean": mean, "stddev": stddev, "rounds": len(data),
-            "median": median, "iqr": iqr, "q1": q1, "q3": q3,
-            "iqr_outliers": sum(1 for t in data if t < q1 - 1.5 * iqr or t > q3 + 1.5 * iqr),
-            "stddev_outliers": sum(1 for t in data if abs(t - mean) > stddev),
-            "outliers": "0;0", "ld15iqr": data[0], "hd15iqr": data[-1], "ops": 1.0 / mean, "total": sum(data),
-            "data": times, "iterations": 1}
-
-
 def bench(name: str, fullname: str, seconds: float, extra: dict, group: str | None = None, seed: int = 0) -> dict:
+    """One benchmark entry from the suite's own writer, ten rounds within ±1 % of ``seconds``."""
     rng = random.Random(f"{name}-{seed}")
-    times = [seconds * (1 + rng.uniform(-0.01, 0.01)) for _ in range(10)]
-    return {"group": group, "name": name, "fullname": fullname, "params": None, "param": None,
-            "extra_info": extra, "options": {"timer": "device events", "warmup": 5, "min_rounds": 10},
-            "stats": stats(times)}
+    samples = [seconds * (1 + rng.uniform(-0.01, 0.01)) for _ in range(10)]
+    return benchmark_json.benchmark_entry(name, fullname, samples, extra_info=extra, group=group,
+                                          options={"timer": "device events", "warmup": 5})
 
 
 def collective_benchmarks(scale: float = 1.0, busbw_scale: float = 1.0, seed: int = 0) -> list[dict]:
@@ -84,8 +68,8 @@ def eplb_benchmarks(seed: int = 0) -> list[dict]:
 
 
 def document(benchmarks: list[dict], machine: dict | None = None) -> dict:
-    return {"machine_info": dict(machine or MACHINE), "commit_info": {"id": "0123abc", "dirty": False},
-            "benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00+00:00", "version": "5.2.3"}
+    return benchmark_json.document(benchmarks, machine_info=dict(machine or MACHINE),
+                                   commit={"id": "0123abc", "dirty": False, "project": "ascend-conformance"})
 
 
 def write(path, doc) -> str:

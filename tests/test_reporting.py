@@ -254,6 +254,8 @@ def test_an_area_marker_without_a_name_is_a_usage_error(pytester):
     ("suites/test_eplb_redistribute.py::test_plan", ("eplb", "plan", "default")),
     ("tests/test_harness_faults.py::test_exit[SIGKILL]", ("harness", "exit", "SIGKILL")),
     ("suites/test_new_thing.py::test_x", ("new_thing", "x", "default")),
+    ("benchmarks/collectives.py::collective[all_reduce-tp-float32-1024B-w8]",
+     ("collectives", "collective", "all_reduce-tp-float32-1024B-w8")),
 ])
 def test_labels_derive_from_the_node_id(nodeid, expected):
     labels = results.derive_labels(nodeid)

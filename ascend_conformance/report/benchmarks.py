@@ -10,7 +10,8 @@ op             ``op``, ``collective``, ``method``, ``feature``, else ``group``, 
 size (bytes)   ``size_bytes``, ``bytes``, ``nbytes``, ``message_bytes``, ``size``
 dtype          ``dtype``
 world size     ``world_size``, ``ranks``, ``nranks``
-area           ``area``, else the suite module in ``fullname`` (results.AREA_BY_MODULE_PREFIX)
+area           ``area``, else the module in ``fullname`` (``suites/test_moe_x.py`` or ``benchmarks/moe.py``,
+               results.AREA_BY_MODULE_PREFIX)
 busbw / algbw  ``busbw_gbps`` / ``algbw_gbps`` (GB/s), or ``busbw`` / ``algbw``
 memory         ``peak_memory_bytes``, ``peak_bytes``, ``memory_bytes``
 balancedness   ``balancedness`` (mean over layers), with ``placement``, ``load`` (and ``replicas``) naming
@@ -102,9 +103,8 @@ def rows_from_document(document: Mapping, file: str = "") -> list[BenchRow]:
         fullname = str(bench.get("fullname") or bench.get("name") or "")
         name = str(bench.get("name") or fullname)
         area = extra.get("area")
-        if not area:
-            stem, _, _ = split_nodeid(fullname)
-            area = area_of_module(stem) if stem.startswith("test_") else ""
+        if not area and "::" in fullname:  # the module of a node id: suites/test_x.py or benchmarks/x.py
+            area = area_of_module(split_nodeid(fullname)[0])
         op = _first(sources, _OP_KEYS) or bench.get("group") or name.split("[")[0]
         rows.append(BenchRow(
             file=file, name=name, fullname=fullname, group=str(bench.get("group") or ""), area=str(area or "other"),

@@ -16,12 +16,12 @@ the baseline records (or every failing test, when no baseline records are given)
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
 
+from ascend_conformance.report import benchmark_json
 from ascend_conformance.report.benchmarks import BenchRow, find_files, load_all
 from ascend_conformance.report.results import FAILING
 
@@ -215,11 +215,12 @@ def combined_document(paths: list[str]) -> dict:
         with open(path, encoding="utf-8") as handle:
             documents.append(json.load(handle))
     first = documents[0]
-    combined = {key: value for key, value in first.items() if key != "benchmarks"}
-    combined["benchmarks"] = [bench for doc in documents for bench in doc["benchmarks"]]
-    combined.setdefault("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
-    combined.setdefault("version", "5.0.0")
-    combined.setdefault("commit_info", {})
+    combined = benchmark_json.document([bench for doc in documents for bench in doc["benchmarks"]],
+                                       machine_info=first.get("machine_info") or {},
+                                       commit=first.get("commit_info") or {})
+    for key in ("datetime", "version"):  # when the new run was measured, not when it was accepted
+        if first.get(key):
+            combined[key] = first[key]
     return combined
 
 
@@ -235,10 +236,6 @@ def update_baseline(baseline: str, new: list[str]) -> str:
         for path in files:
             shutil.copy2(path, os.path.join(baseline, os.path.basename(path)))
         return f"{baseline}/ ({len(files)} files)"
-    os.makedirs(os.path.dirname(os.path.abspath(baseline)), exist_ok=True)
     document = combined_document(files)
-    tmp = f"{baseline}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1)
-    os.replace(tmp, baseline)
+    benchmark_json.write(baseline, document)
     return f"{baseline} ({len(document['benchmarks'])} benchmarks)"

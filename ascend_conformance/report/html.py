@@ -48,8 +48,9 @@ def _png(fig) -> str:
 
 
 def _series_label(row: BenchRow) -> str:
+    kind = str(row.extra.get("group_kind") or "")
     parts = [f"{row.world_size} ranks" if row.world_size else "", row.dtype, row.variant,
-             str(row.extra.get("group_kind") or "")]
+             kind if kind and kind not in row.variant else ""]
     return ", ".join(p for p in parts if p) or row.name
 
 

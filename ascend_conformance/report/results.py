@@ -74,10 +74,14 @@ def split_nodeid(nodeid: str) -> tuple[str, str, str]:
 
 
 def area_of_module(stem: str) -> str:
+    """``test_moe_methods`` -> moe; benchmark scripts name their module without ``test_``
+    (``benchmarks/collectives.py`` -> collectives)."""
     best = ""
-    for prefix in AREA_BY_MODULE_PREFIX:
-        if stem.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
+    candidates = (stem,) if stem.startswith("test_") else (stem, f"test_{stem}")
+    for candidate in candidates:
+        for prefix in AREA_BY_MODULE_PREFIX:
+            if candidate.startswith(prefix) and len(prefix) > len(best):
+                best = prefix
     if best:
         return AREA_BY_MODULE_PREFIX[best]
     return stem[len("test_"):] if stem.startswith("test_") else stem
