@@ -294,6 +294,7 @@ class SweepSpec:
     iters: int = 20
     warmup: int = 5
     rounds: int = 5
+    noise_floor: bool = False  # also time the raw loop against itself (A/A), see _timed_rounds
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -332,13 +333,32 @@ def skipped_kinds(spec: SweepSpec) -> dict[str, str]:
             if max(len(group) for group in layout[kind]) == 1}
 
 
+def _timed_rounds(prepared: _Prepared, spec: SweepSpec, barrier: Callable[[], None]) -> dict[str, list[float]]:
+    """This rank's per-op seconds per round of each variant: ``suite``, ``raw`` and, with
+    ``spec.noise_floor``, ``raw_again`` (the raw loop timed a second time: the A/A ratio raw_again /
+    raw is the spread a suite/raw ratio must be read against).
+
+    The variants take turns going first (round r starts with variant r mod count): the first loop after
+    a barrier runs on freshly woken ranks, and a fixed order would bias the ratio.
+    """
+    variants = [("suite", time_suite_round, prepared.suite), ("raw", time_raw_round, prepared.raw)]
+    if spec.noise_floor:
+        variants.append(("raw_again", time_raw_round, prepared.raw))
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    for round_index in range(spec.rounds):
+        shift = round_index % len(variants)
+        for name, timer, fn in variants[shift:] + variants[:shift]:
+            samples[name].append(timer(fn, spec.iters, barrier))
+    return samples
+
+
 def run_sweep(spec: SweepSpec) -> list[dict]:
     """In every rank of a world of ``spec.config['world_size']``: measure every (kind, op, size) and
     return one row per measurement (identical on every rank: times are already rank-max).
 
     Row keys: kind, op, size (bytes as nccl-tests counts them), count, dtype, group_size, groups,
-    wrong (-1 when the size is too small for the op), suite / raw (per-op seconds per round),
-    timer (what timed the suite rounds).
+    wrong (-1 when the size is too small for the op), suite / raw (and raw_again with
+    ``spec.noise_floor``: per-op seconds per round), timer (what timed the suite rounds).
     """
     layout = build_layout(ParallelConfig(**spec.config))
     kinds = measured_kinds(spec)
@@ -358,26 +378,20 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
                            "count": count, "dtype": spec.dtype, "group_size": g.world_size,
                            "groups": len(layout[kind]), "timer": timer_name}
                     if count == 0:
-                        rows.append({**row, "wrong": -1, "suite": [], "raw": []})
+                        rows.append({**row, "wrong": -1, "suite": [], "raw": [],
+                                     **({"raw_again": []} if spec.noise_floor else {})})
                         continue
                     prepared = prepare(op, g, count, dtype)
                     wrong = prepared.check()
                     for _ in range(spec.warmup):
                         prepared.suite()
                         prepared.raw()
-                    suite, raw = [], []
-                    for round_index in range(spec.rounds):
-                        # Alternate which variant goes first: the first loop after a barrier runs on
-                        # freshly woken ranks, and a fixed order would bias the ratio.
-                        if round_index % 2 == 0:
-                            suite.append(time_suite_round(prepared.suite, spec.iters, world.barrier))
-                            raw.append(time_raw_round(prepared.raw, spec.iters, world.barrier))
-                        else:
-                            raw.append(time_raw_round(prepared.raw, spec.iters, world.barrier))
-                            suite.append(time_suite_round(prepared.suite, spec.iters, world.barrier))
-                    merged = rank_max([float(wrong), *suite, *raw], world)
-                    rows.append({**row, "wrong": int(merged[0]), "suite": merged[1:1 + spec.rounds],
-                                 "raw": merged[1 + spec.rounds:]})
+                    samples = _timed_rounds(prepared, spec, world.barrier)
+                    merged = rank_max([float(wrong), *(t for name in samples for t in samples[name])], world)
+                    row["wrong"] = int(merged[0])
+                    for index, name in enumerate(samples):
+                        row[name] = merged[1 + index * spec.rounds: 1 + (index + 1) * spec.rounds]
+                    rows.append(row)
         return rows
     finally:
         groups.destroy_groups()
@@ -389,11 +403,12 @@ def summarize(row: dict) -> dict:
     """Derived figures of a row: median per-op time (us), algbw / busbw (GB/s), raw time, and the
     suite/raw ratio (:func:`overhead_ratio`)."""
     if not row["suite"]:
-        return {"time_us": None, "algbw": None, "busbw": None, "raw_us": None, "ratio": None}
+        return {"time_us": None, "algbw": None, "busbw": None, "raw_us": None, "ratio": None, "noise": None}
     suite, raw = statistics.median(row["suite"]), statistics.median(row["raw"])
     algbw, busbw = bandwidths(row["op"], row["size"], suite, row["group_size"])
     return {"time_us": suite * 1e6, "algbw": algbw, "busbw": busbw, "raw_us": raw * 1e6,
-            "ratio": overhead_ratio(row["suite"], row["raw"])}
+            "ratio": overhead_ratio(row["suite"], row["raw"]),
+            "noise": overhead_ratio(row["raw_again"], row["raw"]) if row.get("raw_again") else None}
 
 
 def overhead_ratio(suite: Sequence[float], raw: Sequence[float]) -> float | None:
@@ -408,6 +423,7 @@ def format_table(rows: Sequence[dict], world_size: int, spec: SweepSpec) -> str:
     per-op time of the slowest rank."""
     lines: list[str] = []
     current = None
+    noise = spec.noise_floor
     for row in rows:
         if (row["kind"], row["op"]) != current:
             current = (row["kind"], row["op"])
@@ -415,7 +431,8 @@ def format_table(rows: Sequence[dict], world_size: int, spec: SweepSpec) -> str:
                           f"world {world_size}, {spec.iters} iters x {spec.rounds} rounds, warmup {spec.warmup}, "
                           f"timer {row['timer']}",
                       f"#{'size':>11} {'count':>11} {'type':>8} {'time(us)':>10} {'algbw(GB/s)':>12} "
-                      f"{'busbw(GB/s)':>12} {'#wrong':>7} {'raw(us)':>10} {'suite/raw':>10}"]
+                      f"{'busbw(GB/s)':>12} {'#wrong':>7} {'raw(us)':>10} {'suite/raw':>10}"
+                      + (f" {'raw/raw':>8}" if noise else "")]
         figures = summarize(row)
         kind_name = NCCL_TYPE_NAMES.get(row["dtype"], row["dtype"])
         if figures["time_us"] is None:
@@ -423,13 +440,20 @@ def format_table(rows: Sequence[dict], world_size: int, spec: SweepSpec) -> str:
             continue
         lines.append(f" {row['size']:>11} {row['count']:>11} {kind_name:>8} {figures['time_us']:>10.2f} "
                      f"{figures['algbw']:>12.4f} {figures['busbw']:>12.4f} {row['wrong']:>7} "
-                     f"{figures['raw_us']:>10.2f} {figures['ratio']:>10.3f}")
-    measured = [summarize(row)["ratio"] for row in rows if row["suite"]]
+                     f"{figures['raw_us']:>10.2f} {figures['ratio']:>10.3f}"
+                     + (f" {figures['noise']:>8.3f}" if noise else ""))
+    measured = [summarize(row) for row in rows if row["suite"]]
     if measured:
-        lines += ["", f"# suite/raw time ratio: median {statistics.median(measured):.3f}, "
-                      f"min {min(measured):.3f}, max {max(measured):.3f} over {len(measured)} measurements; "
-                      f"#wrong total {sum(max(row['wrong'], 0) for row in rows)}"]
+        lines += ["", "# " + _spread("suite/raw time ratio", [m["ratio"] for m in measured])
+                  + f"; #wrong total {sum(max(row['wrong'], 0) for row in rows)}"]
+        if noise:
+            lines.append("# " + _spread("raw/raw (A/A noise floor)", [m["noise"] for m in measured]))
     return "\n".join(lines).lstrip("\n")
+
+
+def _spread(label: str, ratios: Sequence[float]) -> str:
+    return (f"{label}: median {statistics.median(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f} "
+            f"over {len(ratios)} measurements")
 
 
 def benchmark_entries(rows: Sequence[dict], world_size: int, spec: SweepSpec, platform_name: str,
@@ -461,6 +485,7 @@ def benchmark_entries(rows: Sequence[dict], world_size: int, spec: SweepSpec, pl
                     "loop": loop, "variant": f"group={row['kind']},loop={loop}", "timer": row["timer"] if loop == "suite"
                     else "perf_counter", "warmup": spec.warmup, "rounds": spec.rounds,
                     "overhead_ratio": overhead_ratio(row["suite"], row["raw"]) if loop == "suite" else None,
+                    "noise_floor_ratio": overhead_ratio(row["raw_again"], row["raw"]) if row.get("raw_again") else None,
                     "config": ParallelConfig(**spec.config).describe()}))
     return entries
 

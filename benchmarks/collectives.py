@@ -8,7 +8,7 @@ two. Worlds come from the suite's warm rank pools (``WorldRunner``), not from py
 host to itself.
 
     python benchmarks/collectives.py -b 8 -e 1M -f 4 --world-size 2,4,8 --ops all_reduce,all_gather \\
-        --groups tp,ep --dtype float32 --iters 20 --warmup 5 --json reports/collectives.json
+        --groups tp,ep --dtype float32 --iters 20 --warmup 5 --noise-floor --json reports/collectives.json
 
 The layout per world size is the suite's representative configuration (``bench.representative_config``:
 8 ranks DP2 PP2 TP2 with OTP 2, FlashComm2 OTP 2 and layer sharding; 4 ranks TP4 with FlashComm2 OTP 2,
@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20, help="back-to-back ops per timed round (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed ops before timing (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (default 5)")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also time the raw loop against itself (A/A) and print that ratio next to suite/raw: "
+                             "the spread a suite/raw ratio must be read against on a shared host")
     for size in ("tp", "pp", "dp", "pcp"):
         parser.add_argument(f"--{size}", type=int, default=None,
                             help=f"{size.upper()} size of a plain layout instead of the representative one")
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
         sizes = tuple(bench.size_sweep(args.minbytes, args.maxbytes, args.stepfactor))
         specs = {w: bench.SweepSpec(config=layout_config(args, w), ops=_csv(args.ops), kinds=_csv(args.groups),
                                     dtype=args.dtype, sizes=sizes, iters=args.iters, warmup=args.warmup,
-                                    rounds=args.rounds) for w in world_sizes}
+                                    rounds=args.rounds, noise_floor=args.noise_floor) for w in world_sizes}
         for spec in specs.values():
             bench.measured_kinds(spec)  # unknown kinds fail here, before any world starts
     except (ConfigError, ValueError) as exc:

@@ -128,7 +128,15 @@ def test_table_names_every_figure():
     line = next(text for text in table.splitlines() if text.split()[:1] == ["4096"])
     assert line.split() == ["4096", "1024", "float", "110.00", "0.0372", "0.0372", "0", "100.00", "1.100"]
     assert "too small for 4 ranks" in table
-    assert "suite/raw time ratio: median 1.100" in table
+    assert "suite/raw time ratio: median 1.100" in table and "raw/raw" not in table
+
+    with_floor = bench.SweepSpec(config=bench.representative_config(8), iters=10, rounds=3, noise_floor=True)
+    rows = _rows()
+    rows[0]["raw_again"], rows[1]["raw_again"] = [1.0e-4, 1.05e-4, 0.95e-4], []
+    table = bench.format_table(rows, 8, with_floor)
+    line = next(text for text in table.splitlines() if text.split()[:1] == ["4096"])
+    assert line.split()[-2:] == ["1.100", "1.000"]
+    assert "raw/raw (A/A noise floor): median 1.000" in table
 
 
 # ----------------------------------------------------------------------------------- live sweep
