@@ -16,7 +16,9 @@ Each round times two variants back to back, interleaved so that drift on a busy 
 * ``suite``: the :class:`~ascend_conformance.groups.GroupCoordinator` method, as the suite uses it;
 * ``raw``: a hand-written ``torch.distributed`` loop of the same op and size on the same device group,
   with preallocated buffers, timed with ``perf_counter`` — the baseline the suite's numbers are judged
-  against (their ratio is the overhead of the suite's API and timing).
+  against (their ratio is the overhead of the suite's API and timing);
+* ``raw_again`` (``SweepSpec.noise_floor``): the raw loop once more, so raw_again / raw, an A/A ratio
+  whose true value is 1, shows how far a ratio moves by chance on this host.
 
 Bandwidths follow nccl-tests (PERFORMANCE.md): ``algbw = size / time`` with ``size`` as nccl-tests
 defines it per op, and ``busbw = algbw * factor`` with the factor that makes busbw comparable with the
@@ -273,12 +275,36 @@ def time_raw_round(fn: Callable[[], object], iters: int, barrier: Callable[[], N
     return (time.perf_counter() - started) / iters
 
 
-def rank_max(values: Sequence[float], world: GroupCoordinator) -> list[float]:
-    """Element-wise maximum of ``values`` over every rank of ``world`` (on its CPU group)."""
+def rank_max(values: Sequence[float], world: GroupCoordinator | None = None) -> list[float]:
+    """Element-wise maximum of ``values`` over every rank of ``world`` (on its CPU group); without
+    ``world``, over the default process group (scripts that built no layout)."""
     tensor = torch.tensor(list(values), dtype=torch.float64)
-    if world.world_size > 1:
+    if world is None:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    elif world.world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=world.cpu_group)
     return tensor.tolist()
+
+
+def time_interleaved(fns: dict, *, warmup: int, rounds: int,
+                     world: GroupCoordinator | None = None) -> dict[str, list[float]]:
+    """Seconds per call of every function, max over the ranks, timed round-robin (one call of each per
+    round, the first one rotating) so that a change of host load hits them alike and their ratio stays
+    meaningful on a shared machine. Every rank calls it with the same functions (a collective). Each
+    call is one :func:`time_suite_round`: a barrier, the call, the platform timer (device events where
+    the device has them). ``world`` defaults to the default process group."""
+    barrier = world.barrier if world is not None else dist.barrier
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_suite_round(fns[name], 1, barrier))
+    return {name: rank_max(times[name], world) for name in names}
 
 
 @dataclasses.dataclass(frozen=True)
