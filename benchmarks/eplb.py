@@ -19,7 +19,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ascend_conformance.report.benchmark_json import benchmark_entry, document, figure_entry, write  # noqa: E402
+
+
+def write_json(path: str, entries: list) -> None:
+    print(f"wrote {write(path, document(entries))}")
 
 LOADS = (("uniform", 0.0), ("zipf1.0", 1.0), ("zipf1.5", 1.5))
 
@@ -94,10 +99,9 @@ def redistribution_rank(num_layers: int, num_experts: int, redundant: int, hidde
     import torch
     import torch.distributed as dist
 
-    from ascend_conformance import platform
+    from ascend_conformance import bench, platform
     from ascend_conformance.eplb import rebalance_experts, round_robin_placement
     from ascend_conformance.eplb.redistribute import ExpertState, rebalance
-    from benchjson import rank_max_times
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(world_size)))  # dynamic_eplb: EP ranks, its own communicator
@@ -123,7 +127,7 @@ def redistribution_rank(num_layers: int, num_experts: int, redundant: int, hidde
     for layer, (got, want) in enumerate(zip(state.weights, expected)):
         if not all(torch.equal(a, b) for a, b in zip(got, want)):
             raise AssertionError(f"rank {rank}: layer {layer} weights differ from the placement after the moves")
-    per_iteration = rank_max_times([sum(t) for t in layer_times])
+    per_iteration = bench.rank_max([sum(t) for t in layer_times])
     expert_bytes = (2 * inter * hidden + hidden * inter) * 4
     # One layer's moved experts on this rank (distinct experts written into changed slots), from the placements.
     slots = replicas // world_size
@@ -175,26 +179,24 @@ def print_redistribution(summary: dict, world_size: int, experts: int, replicas:
 
 def bench_entries(balance_rows: list, summary: dict, results: list, world_size: int, experts: int, replicas: int,
                   hidden: int, inter: int, fullname_prefix: str = "benchmarks/eplb.py") -> list:
-    from benchjson import entry
-
     out = []
     for r in balance_rows:
         variant = f"{r['load']} R={r['replicas']}"
-        out.append(entry(f"balancedness[{r['placement']}-{variant}]", "eplb_balancedness", None,
-                         {"area": "eplb", "op": "eplb_balancedness", "placement": r["placement"], "load": r["load"],
-                          "variant": f"{r['placement']} {variant}", "balancedness": r["mean"],
-                          "balancedness_worst": r["worst"], "world_size": r["gpus"], "experts": r["experts"],
-                          "replicas": r["replicas"], "layers": r["layers"]},
-                         params={"placement": r["placement"], "load": r["load"], "replicas": r["replicas"]},
-                         fullname=f"{fullname_prefix}::balancedness[{r['placement']}-{variant}]"))
-    out.append(entry("redistribution_per_layer", "eplb_redistribution", summary["per_layer_s"],
-                     {"area": "eplb", "op": "eplb_redistribution", "world_size": world_size, "dtype": "float32",
-                      "size_bytes": summary["expert_bytes"], "experts": experts, "replicas": replicas,
-                      "hidden": hidden, "intermediate": inter, "variant": "round_robin<->eplb zipf1.5",
-                      "peak_memory_bytes": max(r["measured_peak_bytes"] for r in summary["ranks"]),
-                      "max_layer_receive_bytes": max(r["max_layer_receive_bytes"] for r in summary["ranks"]),
-                      "per_rank": summary["ranks"], "peak_method": summary["method"]},
-                     fullname=f"{fullname_prefix}::redistribution_per_layer"))
+        name = f"balancedness[{r['placement']}-{variant}]"
+        figures = {"area": "eplb", "op": "eplb_balancedness", "placement": r["placement"], "load": r["load"],
+                   "variant": f"{r['placement']} {variant}", "balancedness": r["mean"],
+                   "balancedness_worst": r["worst"], "world_size": r["gpus"], "experts": r["experts"],
+                   "replicas": r["replicas"], "layers": r["layers"]}
+        out.append(figure_entry(name, f"{fullname_prefix}::{name}", figures, group="eplb_balancedness",
+                                params={"placement": r["placement"], "load": r["load"], "replicas": r["replicas"]}))
+    figures = {"area": "eplb", "op": "eplb_redistribution", "world_size": world_size, "dtype": "float32",
+               "size_bytes": summary["expert_bytes"], "experts": experts, "replicas": replicas,
+               "hidden": hidden, "intermediate": inter, "variant": "round_robin<->eplb zipf1.5",
+               "peak_memory_bytes": max(r["measured_peak_bytes"] for r in summary["ranks"]),
+               "max_layer_receive_bytes": max(r["max_layer_receive_bytes"] for r in summary["ranks"]),
+               "per_rank": summary["ranks"], "peak_method": summary["method"]}
+    out.append(benchmark_entry("redistribution_per_layer", f"{fullname_prefix}::redistribution_per_layer",
+                               summary["per_layer_s"], extra_info=figures, group="eplb_redistribution"))
     return out
 
 
@@ -217,32 +219,18 @@ def main() -> int:
                                  (0, args.balance_gpus * 2))
     print_balancedness(balance)
 
-    import tempfile
+    from ascend_conformance.harness.world import standalone_runner
 
-    from ascend_conformance.harness.pool import prestart_forkserver
-    from ascend_conformance.harness.world import WorldOptions, WorldRunner
-    from ascend_conformance.platform import CpuPlatform
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prestart_forkserver()
-        runner = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=tuple(range(8)),
-                                          lease_dir=os.path.join(tmp, "leases"), log_root=os.path.join(tmp, "logs"),
-                                          rank_timeout=1800))
-        try:
-            results = runner.run(args.world_size, redistribution_rank,
-                                 (args.layers, args.experts, args.redundant, args.hidden, args.intermediate,
-                                  args.iters), {}, "bench::eplb")
-        finally:
-            runner.shutdown()
+    with standalone_runner() as runner:
+        results = runner.run(args.world_size, redistribution_rank,
+                             (args.layers, args.experts, args.redundant, args.hidden, args.intermediate,
+                              args.iters), {}, "bench::eplb")
     summary = redistribution_summary(results)
     replicas = args.experts + args.redundant
     print_redistribution(summary, args.world_size, args.experts, replicas, args.hidden, args.intermediate)
     if args.json:
-        from benchjson import write
-
-        write(args.json, bench_entries(balance, summary, results, args.world_size, args.experts, replicas,
+        write_json(args.json, bench_entries(balance, summary, results, args.world_size, args.experts, replicas,
                                        args.hidden, args.intermediate))
-        print(f"wrote {args.json}")
     return 0
 
 

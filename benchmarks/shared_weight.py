@@ -23,7 +23,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ascend_conformance.report.benchmark_json import benchmark_entry, document, figure_entry, write  # noqa: E402
+
+
+def write_json(path: str, entries: list) -> None:
+    print(f"wrote {write(path, document(entries))}")
 
 KS = (0, 1, 2)
 
@@ -57,9 +62,8 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
     import torch
     import torch.distributed as dist
 
-    from ascend_conformance import platform
+    from ascend_conformance import bench, platform
     from ascend_conformance import shared_weight as sw
-    from benchjson import timed_interleaved
 
     rank, n = dist.get_rank(), dist.get_world_size()
     ranks = list(range(n))
@@ -119,7 +123,7 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
             raise AssertionError(f"k={k}: sharded output differs from the unsharded model")
         stacks[k] = layers
         variants[f"k{k}"] = sharded_pass
-    times = timed_interleaved(variants, iters, warmup)
+    times = bench.time_interleaved(variants, warmup=warmup, rounds=iters)
     for k in stacks:
         with platform.get().measure_peak() as peak:
             variants[f"k{k}"]()
@@ -168,28 +172,26 @@ def print_tables(summary: dict, world_size: int, hidden: int, tokens: int, count
 
 def bench_entries(summary: dict, results: list, world_size: int, hidden: int, tokens: int, count: int,
                   start: int, fullname_prefix: str = "benchmarks/shared_weight.py") -> list:
-    from benchjson import entry
-
     r0 = results[0]
     common = {"area": "shared_weight", "world_size": world_size, "dtype": "float32", "size_bytes": hidden * hidden * 4,
               "hidden": hidden, "tokens": tokens, "layers": count, "start_layer": start}
     scale = lambda times: [t / count for t in times]  # noqa: E731 - per-layer seconds
-    out = [entry("unsharded", "shared_weight", scale(r0["unsharded"]),
-                 {**common, "op": "shared_weight_forward", "variant": "unsharded"},
-                 fullname=f"{fullname_prefix}::unsharded"),
-           entry("broadcast_alone", "shared_weight", scale(r0["broadcast"]),
-                 {**common, "op": "shared_weight_broadcast", "variant": "broadcast_alone"},
-                 fullname=f"{fullname_prefix}::broadcast_alone")]
+    forward = {**common, "op": "shared_weight_forward"}
+    out = [benchmark_entry("unsharded", f"{fullname_prefix}::unsharded", scale(r0["unsharded"]),
+                           extra_info={**forward, "variant": "unsharded"}, group="shared_weight"),
+           benchmark_entry("broadcast_alone", f"{fullname_prefix}::broadcast_alone", scale(r0["broadcast"]),
+                           extra_info={**common, "op": "shared_weight_broadcast", "variant": "broadcast_alone"},
+                           group="shared_weight")]
     for k, row in summary["sharded"].items():
         worst = max(results, key=lambda r: r["memory"][k]["measured"])["memory"][k]
-        out.append(entry(f"sharded_k{k}", "shared_weight", scale(r0["sharded"][k]),
-                         {**common, "op": "shared_weight_forward", "variant": f"k={k}", "prefetch_step": k,
-                          "hidden_share": row["hidden_share"], "vs_unsharded": row["vs_unsharded"],
-                          "memory_bytes": worst["measured"], "memory_theory_bytes": worst["theory"],
-                          "pass_peak_bytes": max(r["memory"][k]["pass_peak"] for r in results),
-                          "memory_per_rank": [{"rank": r["rank"], "theory": r["memory"][k]["theory"],
-                                               "measured": r["memory"][k]["measured"]} for r in results]},
-                         params={"k": k}, fullname=f"{fullname_prefix}::sharded[k={k}]"))
+        figures = {**forward, "variant": f"k={k}", "prefetch_step": k,
+                   "hidden_share": row["hidden_share"], "vs_unsharded": row["vs_unsharded"],
+                   "memory_bytes": worst["measured"], "memory_theory_bytes": worst["theory"],
+                   "pass_peak_bytes": max(r["memory"][k]["pass_peak"] for r in results),
+                   "memory_per_rank": [{"rank": r["rank"], "theory": r["memory"][k]["theory"],
+                                        "measured": r["memory"][k]["measured"]} for r in results]}
+        out.append(benchmark_entry(f"sharded_k{k}", f"{fullname_prefix}::sharded[k={k}]", scale(r0["sharded"][k]),
+                                   extra_info=figures, params={"k": k}, group="shared_weight"))
     return out
 
 
@@ -205,31 +207,17 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="write pytest-benchmark JSON here")
     args = parser.parse_args()
 
-    import tempfile
+    from ascend_conformance.harness.world import standalone_runner
 
-    from ascend_conformance.harness.pool import prestart_forkserver
-    from ascend_conformance.harness.world import WorldOptions, WorldRunner
-    from ascend_conformance.platform import CpuPlatform
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prestart_forkserver()
-        runner = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=tuple(range(8)),
-                                          lease_dir=os.path.join(tmp, "leases"), log_root=os.path.join(tmp, "logs"),
-                                          rank_timeout=1800))
-        try:
-            results = runner.run(args.world_size, shared_weight_rank,
-                                 (args.hidden, args.tokens, args.layers, args.start, KS, args.iters, args.warmup), {},
-                                 "bench::shared_weight")
-        finally:
-            runner.shutdown()
+    with standalone_runner() as runner:
+        results = runner.run(args.world_size, shared_weight_rank,
+                             (args.hidden, args.tokens, args.layers, args.start, KS, args.iters, args.warmup), {},
+                             "bench::shared_weight")
     summary = summarize(results, args.layers)
     print_tables(summary, args.world_size, args.hidden, args.tokens, args.layers, args.start)
     if args.json:
-        from benchjson import write
-
-        write(args.json, bench_entries(summary, results, args.world_size, args.hidden, args.tokens, args.layers,
-                                       args.start))
-        print(f"wrote {args.json}")
+        write_json(args.json, bench_entries(summary, results, args.world_size, args.hidden, args.tokens,
+                                            args.layers, args.start))
     return 0
 
 

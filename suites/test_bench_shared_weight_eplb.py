@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks import eplb as eplb_bench
 from benchmarks import shared_weight as sw_bench
-from benchmarks.benchjson import write
+from ascend_conformance.report.benchmark_json import document, write
 
 pytestmark = pytest.mark.bench
 
@@ -50,8 +50,8 @@ def test_bench_shared_weight(world, report, request, world_size):
         report.figure(f"per layer k={k}", row["per_layer_s"] * 1e3, "ms")
         report.figure(f"broadcast hidden k={k}", row["hidden_share"] * 100, "%")
     path = os.path.join(_reports_dir(request.config), f"bench_shared_weight_w{world_size}.json")
-    write(path, sw_bench.bench_entries(summary, results, world_size, hidden, tokens, count, start,
-                                       fullname_prefix=request.node.nodeid))
+    write(path, document(sw_bench.bench_entries(summary, results, world_size, hidden, tokens, count, start,
+                                                fullname_prefix=request.node.nodeid)))
     w = hidden * hidden * 4
     for r in results:
         assert r["unsharded_bytes"] == count * w
@@ -82,5 +82,6 @@ def test_bench_eplb(world, report, request):
         assert r["max_layer_receive_bytes"] <= r["measured_peak_bytes"] <= r["budget_bytes"], r
         report.figure(f"peak rank {r['rank']}", r["measured_peak_bytes"], "B")
     path = os.path.join(_reports_dir(request.config), "bench_eplb.json")
-    write(path, eplb_bench.bench_entries(balance, summary, results, world_size, experts, experts + redundant, hidden,
-                                         inter, fullname_prefix=request.node.nodeid))
+    write(path, document(eplb_bench.bench_entries(balance, summary, results, world_size, experts,
+                                                  experts + redundant, hidden, inter,
+                                                  fullname_prefix=request.node.nodeid)))

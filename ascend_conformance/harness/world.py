@@ -10,9 +10,11 @@ hosts an idle rank still holds its device context; ``--max-warm-ranks`` bounds h
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Callable
+import tempfile
+from typing import Callable, Iterator
 
 from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
 from ascend_conformance.harness.pool import PoolConfig, RankFailure, RankPool, _SkipAll
@@ -149,4 +151,37 @@ def _check_shippable(fn: Callable) -> None:
                         f"(define it at module level so every rank can import it)")
 
 
-__all__ = ["WorldRunner", "WorldOptions", "RanksSkipped", "RankFailure", "LeaseTimeout", "physical_device_ids"]
+
+
+@contextlib.contextmanager
+def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, max_warm_ranks: int = 16,
+                      platform: Platform | None = None) -> Iterator[WorldRunner]:
+    """A WorldRunner for code outside pytest (benchmark scripts, the CLI): the detected platform, the
+    host-wide lease directory (so a benchmark never shares a device with a running test session), rank
+    logs in a temporary directory, every rank stopped on exit.
+
+        with standalone_runner() as runner:
+            per_rank = runner.run(4, fn, args, kwargs, "bench::name")
+
+    Raises PlatformUnavailable (one line) when the platform cannot be used.
+    """
+    from ascend_conformance import platform as platforms
+    from ascend_conformance.harness.leases import default_lease_dir
+    from ascend_conformance.harness.pool import prestart_forkserver
+
+    plat = platforms.require(platform or platforms.get())
+    if plat.name == "cpu":
+        plat.slots = max(plat.slots, min_cpu_slots)
+    prestart_forkserver()
+    with tempfile.TemporaryDirectory(prefix="ascend-conformance-ranks-") as logs:
+        runner = WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
+                                          lease_dir=default_lease_dir(plat.name), log_root=logs,
+                                          rank_timeout=rank_timeout, max_warm_ranks=max_warm_ranks))
+        try:
+            yield runner
+        finally:
+            runner.shutdown()
+
+
+__all__ = ["WorldRunner", "WorldOptions", "RanksSkipped", "RankFailure", "LeaseTimeout", "physical_device_ids",
+           "standalone_runner"]

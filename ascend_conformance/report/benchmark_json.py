@@ -154,3 +154,11 @@ def write(path: str, doc: Mapping) -> str:
         handle.write("\n")
     os.replace(temporary, path)
     return path
+
+
+def figure_entry(name: str, fullname: str, extra_info: Mapping, *, params: Mapping | None = None,
+                 group: str | None = None) -> dict:
+    """An element of ``benchmarks`` that carries figures but no timing (balancedness, memory): the
+    schema requires ``stats``, so it holds one round of 0 s, and ``extra_info['timed']`` is False."""
+    return benchmark_entry(name, fullname, [0.0], params=params, extra_info={**extra_info, "timed": False},
+                           group=group)
