@@ -84,8 +84,11 @@ def _records_in(results_dir) -> list[dict]:
 
 def test_xdist_session_writes_merged_records_junit_and_allure(pytester):
     pytester.makepyfile(test_moe_fake=SUITE)
+    # Own lease directory: CPU slots are virtual, and the sessions around this one (make test's workers)
+    # must not make its two-rank tests wait for devices.
     run = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--junitxml=junit.xml",
-                                        "--alluredir=allure", timeout=240)
+                                        "--alluredir=allure", f"--lease-dir={pytester.path / 'leases'}",
+                                        timeout=300)
     run.assert_outcomes(passed=4, failed=3, skipped=1)
     root = pytester.path
 
