@@ -256,6 +256,12 @@ class GroupCoordinator:
         if self.world_size == 1:
             return input_
         dim = self._dim(input_, dim, "all_gather")
+        if dim == 0:
+            # Member-major concatenation along dim 0 is exactly the flat gather output: no reshaping
+            # (this path is the hot one; every avoided op is host time per collective).
+            flat = input_.new_empty((self.world_size * input_.shape[0], *input_.shape[1:]))
+            _all_gather_tensor(flat, input_.contiguous(), group=self.device_group)
+            return flat
         gathered = self._gather_rows(input_.contiguous())
         shape = list(input_.shape)
         shape[dim] *= self.world_size
@@ -275,10 +281,10 @@ class GroupCoordinator:
             raise ConfigError(
                 f"reduce_scatter on {self.name} group of size {self.world_size}: dim {dim} has size "
                 f"{input_.shape[dim]}, which is not divisible by {self.world_size}")
-        moved = input_.movedim(dim, 0).contiguous()
+        moved = input_.movedim(dim, 0).contiguous() if dim else input_.contiguous()
         output = moved.new_empty((moved.shape[0] // self.world_size, *moved.shape[1:]))
         _reduce_scatter_tensor(output, moved, group=self.device_group)
-        return output.movedim(0, dim).contiguous()
+        return output.movedim(0, dim).contiguous() if dim else output
 
     def all_gatherv(self, input_: torch.Tensor, sizes: Sequence[int], dim: int = 0) -> torch.Tensor:
         """:meth:`all_gather` where group rank r contributes ``sizes[r]`` entries along ``dim``.
