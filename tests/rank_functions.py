@@ -28,7 +28,11 @@ def raise_on(rank):
     dist.barrier()  # the others block here, waiting for the failed rank
 
 
-def exit_on(rank, code):
+def exit_on(rank, code, pid_dir=None):
+    if pid_dir:  # lets the test identify exactly this pool's processes
+        with open(os.path.join(pid_dir, f"rank{rank_context().rank}.pid"), "w") as handle:
+            handle.write(str(os.getpid()))
+        dist.barrier()
     if rank_context().rank == rank:
         os._exit(code)
     dist.barrier()

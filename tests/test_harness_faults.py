@@ -31,10 +31,14 @@ def test_rank_context_and_seeds(world, request):
             "seeds derive from the test id: the same test must draw the same numbers"
 
 
-def test_warm_pool_is_reused(world):
-    first = {i["pid"] for i in world(2).run(fns.describe_rank)}
-    second = {i["pid"] for i in world(2).run(fns.describe_rank)}
-    assert first == second
+def test_warm_pool_is_reused(world, world_runner):
+    first = world(2).run(fns.describe_rank)
+    second = world(2).run(fns.describe_rank)
+    # A pool is bound to its devices. Under xdist another worker may hold them, and the lease then takes
+    # free devices (a second pool) rather than wait; on the same devices the same processes must serve.
+    if [i["device_index"] for i in first] == [i["device_index"] for i in second]:
+        assert [i["pid"] for i in first] == [i["pid"] for i in second]
+    assert {i["pid"] for i in first} <= set(world_runner.rank_pids), "the first pool must still be warm"
 
 
 def test_exception_names_rank_and_remote_traceback_and_aborts_survivors(world):
@@ -49,12 +53,13 @@ def test_exception_names_rank_and_remote_traceback_and_aborts_survivors(world):
     assert time.monotonic() - started < 30
 
 
-def test_exit_code_is_reported_and_next_run_is_clean(world, world_runner):
-    before = set(world_runner.rank_pids)
+def test_exit_code_is_reported_and_next_run_is_clean(world, world_runner, tmp_path):
     with pytest.raises(RankFailure, match=r"^rank 1 of 2 exited with code 7"):
-        world(2).run(fns.exit_on, 1, 7)
+        world(2).run(fns.exit_on, 1, 7, str(tmp_path))
+    failed_pool = {int(p.read_text()) for p in tmp_path.glob("rank*.pid")}
+    assert len(failed_pool) == 2
     assert world(2).run(fns.all_reduce_rank_numbers) == [3, 3]
-    assert not before & set(world_runner.rank_pids) - set(), "a failed pool must be replaced, not reused"
+    assert not failed_pool & set(world_runner.rank_pids), "a failed pool must be replaced, not reused"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGKILL], ids=["SIGSEGV", "SIGKILL"])
@@ -78,7 +83,8 @@ def test_hang_fails_with_every_rank_stack_then_recovers(world):
     assert text.startswith("world of 2 ranks timed out after 3s")
     assert "--- rank 0 stack ---" in text and "--- rank 1 stack ---" in text
     assert "in sleep_forever_on" in text and "in barrier" in text
-    assert elapsed < 15, f"hang detection took {elapsed:.1f}s"
+    # bounded by the timeout (plus a pool start and the stack dump on a loaded host), not by the hang
+    assert elapsed < 45, f"hang detection took {elapsed:.1f}s"
     assert world(2).run(fns.all_reduce_rank_numbers) == [3, 3]
 
 
@@ -157,18 +163,22 @@ def test_rank_timeout_option_end_to_end(pytester):
         def ok():
             dist.barrier()
             return rank_context().rank
+        def test_warm(world):
+            assert world(2).run(ok) == [0, 1]  # the pool's start is not part of the hang's time
         def test_hangs(world):
             world(2).run(hang_on_rank1)
         def test_next(world):
             assert world(2).run(ok) == [0, 1]
     """)
     result = pytester.runpytest_subprocess("--rank-timeout", "5", "--durations=0", "-vv")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*world of 2 ranks timed out after 5s*", "*--- rank 0 stack ---*",
                                  "*--- rank 1 stack ---*", "*in hang_on_rank1*"])
     durations = [line for line in result.stdout.lines if "call" in line and "test_hangs" in line]
     seconds = float(durations[0].split("s")[0])
-    assert seconds < 15, durations
+    # 5 s timeout + stack dump + pool kill; measured ~6-8 s here. The margin is for a loaded shared host:
+    # what this guards is that the hang is cut by --rank-timeout, not by the rank's hour-long sleep.
+    assert seconds < 30, durations
 
 
 def test_plugin_loads_by_name_outside_the_checkout(pytester, monkeypatch):

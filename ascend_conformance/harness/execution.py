@@ -53,9 +53,11 @@ def process_groups() -> set:
 def clean_up(groups_before: set, plat) -> str | None:
     """Undo what a test left in the rank; a message when it cannot (the pool is then replaced)."""
     try:
+        # Project hooks first: they destroy the groups they own in their own way (e.g. groups.py's
+        # coordinators); then whatever the test created directly.
+        context.run_cleanups()
         for group in process_groups() - groups_before:
             dist.destroy_process_group(group)
-        context.run_cleanups()
         torch.set_default_dtype(torch.float32)
         if not dist.is_initialized():
             return "the test destroyed the default process group"

@@ -68,9 +68,10 @@ def stats_from_samples(samples: Sequence[float], iterations: int = 1, include_da
     if len(data) == 1:
         ld15iqr = hd15iqr = data[0]
     else:
+        # lowest / highest datum still within 1.5 IQR of the quartiles (pytest-benchmark >= 5.3;
+        # 5.2 returned the first datum *above* the upper fence)
         ld15iqr = ordered[bisect_left(ordered, low)]
-        position = bisect_right(ordered, high)
-        hd15iqr = ordered[-1] if position == len(ordered) else ordered[position]
+        hd15iqr = ordered[bisect_right(ordered, high) - 1]
     total = sum(data)
     stats = {
         "min": ordered[0], "max": ordered[-1], "mean": mean, "stddev": stddev, "rounds": len(data),
