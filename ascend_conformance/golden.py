@@ -303,7 +303,8 @@ def npu_moe_token_unpermute(permuted_tokens, sorted_indices, probs=None, padded_
     if probs.numel() != index.numel():
         _fail(op, f"probs [N, K] must have N*K = {index.numel()} elements (one per sorted index), got {_got(probs)}")
     n_tokens, top_k = probs.shape
-    rows = permuted_tokens.index_select(0, index).float().view(n_tokens, top_k, -1)
+    # the hidden size is explicit: with 0 tokens a -1 would be ambiguous
+    rows = permuted_tokens.index_select(0, index).float().view(n_tokens, top_k, permuted_tokens.shape[-1])
     return (rows * probs.float().unsqueeze(-1)).sum(dim=1).to(permuted_tokens.dtype)
 
 

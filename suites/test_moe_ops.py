@@ -884,3 +884,10 @@ def test_npu_dispatch_combine_match_golden(world, version):
         assert_close(real["expand_x"][:received], ours["expand_x"][:received], kind=Kind.EXACT,
                      what=f"rank {rank} received rows")
         assert_close(real["combined"], ours["combined"], kind=Kind.ACCUMULATED, what=f"rank {rank} combined tokens")
+
+
+def test_unpermute_with_probs_and_no_tokens_returns_an_empty_hidden_block():
+    """A rank with 0 tokens still calls the combine path: [0, H] in, [0, H] out."""
+    out = golden.npu_moe_token_unpermute(torch.zeros(0, 4, dtype=torch.bfloat16), torch.zeros(0, dtype=torch.int32),
+                                         probs=torch.zeros(0, 2))
+    assert out.shape == (0, 4) and out.dtype == torch.bfloat16
