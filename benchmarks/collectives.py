@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,23 +63,12 @@ def layout_config(args, world_size: int) -> dict:
     return dict(world_size=world_size, tp=args.tp or 1, pp=args.pp or 1, dp=args.dp or 1, pcp=args.pcp or 1)
 
 
-def make_runner(log_root: str, lease_dir: str, plat, world_sizes, rank_timeout: float):
-    from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
-
-    if plat.name == "cpu":
-        plat.slots = max(max(world_sizes), plat.slots)
-    return WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
-                                    lease_dir=lease_dir, log_root=log_root, rank_timeout=rank_timeout,
-                                    max_warm_ranks=max(world_sizes)))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ascend_conformance import bench
     from ascend_conformance import platform as platforms
     from ascend_conformance.errors import ConfigError
-    from ascend_conformance.harness.leases import default_lease_dir
-    from ascend_conformance.harness.pool import prestart_forkserver
+    from ascend_conformance.harness.world import standalone_runner
     from ascend_conformance.report import benchmark_json
 
     try:
@@ -100,28 +88,23 @@ def main(argv=None) -> int:
     if reason:
         print(f"error: platform {plat.name} unavailable: {reason}", file=sys.stderr)
         return 2
-    prestart_forkserver()
     entries = []
-    with tempfile.TemporaryDirectory(prefix="collectives-bench-") as tmp:
-        runner = make_runner(os.path.join(tmp, "logs"), default_lease_dir(plat.name), plat, world_sizes,
-                             args.rank_timeout)
-        try:
-            for world_size, spec in specs.items():
-                skip = runner.skip_reason(world_size)
-                if skip:
-                    print(f"# world {world_size}: skipped: {skip}")
-                    continue
-                from ascend_conformance.topology import ParallelConfig
+    with standalone_runner(rank_timeout=args.rank_timeout, min_cpu_slots=max(world_sizes),
+                           max_warm_ranks=max(world_sizes)) as runner:
+        for world_size, spec in specs.items():
+            skip = runner.skip_reason(world_size)
+            if skip:
+                print(f"# world {world_size}: skipped: {skip}")
+                continue
+            from ascend_conformance.topology import ParallelConfig
 
-                print(f"\n# world {world_size}: {ParallelConfig(**spec.config).describe()}, platform {plat.name} "
-                      f"({plat.backend}), dtype {spec.dtype}", flush=True)
-                for kind, why in bench.skipped_kinds(spec).items():
-                    print(f"# {kind}: skipped ({why})")
-                rows = runner.run(world_size, bench.run_sweep, (spec,), {}, f"benchmarks/collectives.py::w{world_size}")[0]
-                print(bench.format_table(rows, world_size, spec), flush=True)
-                entries += bench.benchmark_entries(rows, world_size, spec, plat.name)
-        finally:
-            runner.shutdown()
+            print(f"\n# world {world_size}: {ParallelConfig(**spec.config).describe()}, platform {plat.name} "
+                  f"({plat.backend}), dtype {spec.dtype}", flush=True)
+            for kind, why in bench.skipped_kinds(spec).items():
+                print(f"# {kind}: skipped ({why})")
+            rows = runner.run(world_size, bench.run_sweep, (spec,), {}, f"benchmarks/collectives.py::w{world_size}")[0]
+            print(bench.format_table(rows, world_size, spec), flush=True)
+            entries += bench.benchmark_entries(rows, world_size, spec, plat.name)
     if args.json:
         path = benchmark_json.write(args.json, benchmark_json.document(entries))
         print(f"\n# wrote {len(entries)} benchmarks to {path}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,37 +37,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> tuple[dict, dict | None, dict]:
-    from ascend_conformance import platform as platforms
-    from ascend_conformance.harness.leases import default_lease_dir
-    from ascend_conformance.harness.pool import prestart_forkserver
-    from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
+    from ascend_conformance.harness.world import standalone_runner
     from ascend_conformance.moe import benchmark
 
-    plat = platforms.require(platforms.get())
-    if plat.name == "cpu":
-        plat.slots = max(plat.slots, args.world_size)
     shape = {"world_size": args.world_size, "tokens": args.tokens, "throughput_tokens": args.throughput_tokens,
              "hidden": args.hidden, "experts": args.experts, "top_k": args.top_k, "dtype": args.dtype}
-    prestart_forkserver()
-    with tempfile.TemporaryDirectory(prefix="moe-bench-") as logs:
-        runner = WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
-                                          lease_dir=default_lease_dir(plat.name), log_root=logs, rank_timeout=1800))
-        try:
-            throughput = None
-            if not args.skip_throughput:
-                throughput = runner.run(1, benchmark.permute_unpermute_on_rank,
-                                        (args.throughput_tokens, args.hidden, args.experts, args.top_k, args.dtype),
-                                        {"rounds": args.rounds, "warmup": args.warmup,
-                                         "copy_bytes": args.copy_mib << 20}, "bench::moe::throughput")[0]
-            methods = {}
-            for method in args.methods.split(","):
-                scenario = benchmark.bench_scenario(method, args.world_size, args.tokens, args.hidden, args.experts,
-                                                    args.top_k, args.dtype)
-                per_rank = runner.run(args.world_size, benchmark.dispatch_combine_on_rank, (scenario.to_dict(),),
-                                      {"rounds": args.rounds, "warmup": args.warmup}, f"bench::moe::{method}")
-                methods[method] = benchmark.method_figures(method, per_rank)
-        finally:
-            runner.shutdown()
+    with standalone_runner(min_cpu_slots=args.world_size) as runner:
+        throughput = None
+        if not args.skip_throughput:
+            throughput = runner.run(1, benchmark.permute_unpermute_on_rank,
+                                    (args.throughput_tokens, args.hidden, args.experts, args.top_k, args.dtype),
+                                    {"rounds": args.rounds, "warmup": args.warmup,
+                                     "copy_bytes": args.copy_mib << 20}, "bench::moe::throughput")[0]
+        methods = {}
+        for method in args.methods.split(","):
+            scenario = benchmark.bench_scenario(method, args.world_size, args.tokens, args.hidden, args.experts,
+                                                args.top_k, args.dtype)
+            per_rank = runner.run(args.world_size, benchmark.dispatch_combine_on_rank, (scenario.to_dict(),),
+                                  {"rounds": args.rounds, "warmup": args.warmup}, f"bench::moe::{method}")
+            methods[method] = benchmark.method_figures(method, per_rank)
     return shape, throughput, methods
 
 

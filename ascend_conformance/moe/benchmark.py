@@ -50,25 +50,6 @@ TARGET_RATIO = 1.3
 
 # ------------------------------------------------------------------------------------------ timing
 
-def time_interleaved(fns: dict, *, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of every function, max over the ranks of the world, timed round-robin (one call
-    of each per round, the first one rotating) so that a change of host load hits them alike and their
-    ratio stays meaningful on a shared machine. Every rank calls it with the same functions (a
-    collective). Each call is one :func:`ascend_conformance.bench.time_suite_round`: a barrier on the
-    world's CPU group, the call, the platform timer (device events where the device has them)."""
-    world = live.get_world_group()
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(bench.time_suite_round(fns[name], 1, world.barrier))
-    return {name: bench.rank_max(times[name], world) for name in names}
-
-
 def summary(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "mean_s": statistics.mean(times),
             "rounds": len(times), "times": times}
@@ -114,7 +95,7 @@ def permute_unpermute_on_rank(tokens: int, hidden: int, experts: int, top_k: int
         assert_close(permute_unpermute(), _identity_reference(x, weights), kind=Kind.ACCUMULATED,
                      what=f"{name} permute + unpermute with identity experts")
         functions[name] = permute_unpermute
-    times = time_interleaved(functions, warmup=warmup, rounds=rounds)
+    times = bench.time_interleaved(functions, warmup=warmup, rounds=rounds, world=live.get_world_group())
     copy, clone = times.pop("copy"), times.pop("clone")
     results = {"copy": {**summary(copy), "bytes": 2 * copy_bytes, "gbps": 2 * copy_bytes / statistics.median(copy) / 1e9},
                "clone": {**summary(clone), "bytes": 2 * copy_bytes,
@@ -180,7 +161,7 @@ def dispatch_combine_on_rank(values: dict, *, rounds: int, warmup: int, with_raw
     functions = {"dispatch": dispatch, "combine": lambda: combine(*state)}
     if with_raw:
         functions.update(raw_all_to_all(x, ids, setup))
-    times = time_interleaved(functions, warmup=warmup, rounds=rounds)
+    times = bench.time_interleaved(functions, warmup=warmup, rounds=rounds, world=live.get_world_group())
     return {"rank": setup.rank, **{name: summary(values) for name, values in times.items()},
             "peak_memory_bytes": peak.peak_bytes, "memory_method": peak.method,
             **routed_payload(ids, setup.placement, rank, scenario.hidden, x.element_size())}
