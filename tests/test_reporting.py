@@ -217,8 +217,11 @@ def test_torchrun_ranks_other_than_zero_write_nothing(pytester, monkeypatch):
 def test_results_dir_option_and_clean(pytester):
     pytester.makepyfile(test_one="def test_ok():\n    pass\n")
     for _ in range(2):
-        pytester.runpytest("-p", "no:xdist", "--results-dir", "out/res").assert_outcomes(passed=1)
+        run = pytester.runpytest("-p", "no:xdist", "--results-dir", "out/res")
+        run.assert_outcomes(passed=1)
     assert len(glob.glob(str(pytester.path / "out" / "res" / "*.jsonl"))) == 2, "sessions append side by side"
+    run.stdout.fnmatch_lines(["results: *results.json: this session 1 tests, verdict pass; merged with 1 other "
+                              "session(s) of *res: 1 tests, verdict pass; HTML: ascend-conformance report"])
     pytester.runpytest("-p", "no:xdist", "--results-dir", "out/res", "--clean-results").assert_outcomes(passed=1)
     assert len(glob.glob(str(pytester.path / "out" / "res" / "*.jsonl"))) == 1
     assert json.loads((pytester.path / "out" / "results.json").read_text())["verdict"] == "pass"
