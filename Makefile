@@ -61,4 +61,4 @@ bench-harness: setup
 	$(PYTHON) benchmarks/harness_overhead.py --json $(REPORTS)/harness_overhead.json
 
 clean:
-	rm -rf $(REPORTS)/* .setup-stamp .pytest_cache
+	find $(REPORTS) -mindepth 1 ! -name README.md -exec rm -rf {} + 2>/dev/null; rm -rf .setup-stamp .pytest_cache

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     from ascend_conformance.errors import ConfigError
     from ascend_conformance.harness.world import standalone_runner
     from ascend_conformance.report import benchmark_json
+    from ascend_conformance.report.progress import Progress
 
     try:
         world_sizes = [int(w) for w in _csv(args.world_size)]
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
         return 2
     entries = []
     with standalone_runner(rank_timeout=args.rank_timeout, min_cpu_slots=max(world_sizes),
-                           max_warm_ranks=max(world_sizes)) as runner:
+                           max_warm_ranks=max(world_sizes)) as runner, \
+            Progress("collective sweep", total=len(specs)) as progress:
         for world_size, spec in specs.items():
             skip = runner.skip_reason(world_size)
             if skip:
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
             rows = runner.run(world_size, bench.run_sweep, (spec,), {}, f"benchmarks/collectives.py::w{world_size}")[0]
             print(bench.format_table(rows, world_size, spec), flush=True)
             entries += bench.benchmark_entries(rows, world_size, spec, plat.name)
+            progress.advance(detail=f"world {world_size}")
     if args.json:
         path = benchmark_json.write(args.json, benchmark_json.document(entries))
         print(f"\n# wrote {len(entries)} benchmarks to {path}")

@@ -39,23 +39,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args) -> tuple[dict, dict | None, dict]:
     from ascend_conformance.harness.world import standalone_runner
     from ascend_conformance.moe import benchmark
+    from ascend_conformance.report.progress import Progress
 
     shape = {"world_size": args.world_size, "tokens": args.tokens, "throughput_tokens": args.throughput_tokens,
              "hidden": args.hidden, "experts": args.experts, "top_k": args.top_k, "dtype": args.dtype}
-    with standalone_runner(min_cpu_slots=args.world_size) as runner:
+    method_names = args.methods.split(",")
+    with standalone_runner(min_cpu_slots=args.world_size) as runner, \
+            Progress("moe benchmark", total=len(method_names) + (not args.skip_throughput)) as progress:
         throughput = None
         if not args.skip_throughput:
             throughput = runner.run(1, benchmark.permute_unpermute_on_rank,
                                     (args.throughput_tokens, args.hidden, args.experts, args.top_k, args.dtype),
                                     {"rounds": args.rounds, "warmup": args.warmup,
                                      "copy_bytes": args.copy_mib << 20}, "bench::moe::throughput")[0]
+            progress.advance(detail="permute+unpermute throughput")
         methods = {}
-        for method in args.methods.split(","):
+        for method in method_names:
             scenario = benchmark.bench_scenario(method, args.world_size, args.tokens, args.hidden, args.experts,
                                                 args.top_k, args.dtype)
             per_rank = runner.run(args.world_size, benchmark.dispatch_combine_on_rank, (scenario.to_dict(),),
                                   {"rounds": args.rounds, "warmup": args.warmup}, f"bench::moe::{method}")
             methods[method] = benchmark.method_figures(method, per_rank)
+            progress.advance(detail=method)
     return shape, throughput, methods
 
 
