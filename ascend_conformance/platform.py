@@ -291,6 +291,14 @@ class NpuPlatform(_AcceleratorPlatform):
     name, backend, device_type = "npu", "hccl", "npu"
     visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
 
+    def _module(self):
+        # torch.npu exists only once torch_npu is imported: device autoload is off (package __init__),
+        # and rank processes fork from a server that never imported it.
+        import torch
+        import torch_npu  # noqa: F401
+
+        return torch.npu
+
     def unavailable_reason(self) -> str | None:
         error = torch_npu_import_error()
         if error:

@@ -134,3 +134,31 @@ def test_outer_visible_devices_mask_is_respected(monkeypatch, tmp_path):
         env = runner.rank_environment(lease.devices)
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "5,7"
     assert env["HCCL_IF_BASE_PORT"] != runner.rank_environment((2, 3))["HCCL_IF_BASE_PORT"]
+
+
+def test_npu_platform_imports_torch_npu_before_using_the_device(tmp_path):
+    """Ranks never import torch_npu themselves (autoload is off): binding must import it."""
+    package = tmp_path / "torch_npu"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        import types, torch
+        torch.utils.rename_privateuse1_backend("npu")  # as the real torch_npu does
+        calls = []
+        torch.npu = types.SimpleNamespace(set_device=calls.append, device_count=lambda: 2,
+                                          synchronize=lambda: calls.append("sync"))
+        __version__ = "stand-in"
+    """))
+    code = textwrap.dedent("""
+        import sys
+        from ascend_conformance.platform import NpuPlatform
+        assert "torch_npu" not in sys.modules
+        plat = NpuPlatform()
+        device = plat.bind(1)
+        plat.synchronize()
+        import torch_npu
+        print(device, torch_npu.calls, plat.device_count())
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["npu:1", "[1,", "'sync']", "2"]
