@@ -31,6 +31,11 @@ from typing import Iterator
 from ascend_conformance.errors import PlatformUnavailable
 
 PLATFORM_ENV = "ASCEND_CONFORMANCE_PLATFORM"
+# HCCL port blocks: 16 ports per block and variable; 512 blocks (16 xdist workers x 32 devices) per variable.
+PORTS_PER_BLOCK = 16
+PORT_BLOCKS = 512
+KIND_STRIDE = PORTS_PER_BLOCK * PORT_BLOCKS
+PORT_SPAN = 3 * KIND_STRIDE  # ports used above --hccl-port-base
 PLATFORM_NAMES = ("cpu", "cuda", "npu")
 
 
@@ -66,7 +71,7 @@ class Platform:
     def device(self, local_index: int) -> str:
         return f"{self.device_type}:{local_index}"
 
-    def rank_environment(self, physical_ids: list[int], port_base: int) -> dict[str, str]:
+    def rank_environment(self, physical_ids: list[int], port_block: int, port_base: int) -> dict[str, str]:
         """Variables a rank must have before it touches the device runtime."""
         return {}
 
@@ -307,14 +312,15 @@ class NpuPlatform(_AcceleratorPlatform):
             return "torch_npu imported but sees no NPU device"
         return None
 
-    def rank_environment(self, physical_ids: list[int], port_base: int) -> dict[str, str]:
-        # A lease is exclusive per device, so a port block derived from the device id is exclusive too:
-        # two worlds running side by side on one host never bind the same HCCL port.
-        first = min(physical_ids)
+    def rank_environment(self, physical_ids: list[int], port_block: int, port_base: int) -> dict[str, str]:
+        """HCCL ports of block `port_block` (the caller makes blocks unique per concurrent world): 16
+        ports per block for each variable, the three variables KIND_STRIDE apart so no two ranges meet."""
+        start = port_base + PORTS_PER_BLOCK * port_block
+        host, npu = start + KIND_STRIDE, start + 2 * KIND_STRIDE
         return {
-            "HCCL_IF_BASE_PORT": str(port_base + 16 * first),
-            "HCCL_HOST_SOCKET_PORT_RANGE": f"{port_base + 1024 + 16 * first}-{port_base + 1024 + 16 * first + 15}",
-            "HCCL_NPU_SOCKET_PORT_RANGE": f"{port_base + 2048 + 16 * first}-{port_base + 2048 + 16 * first + 15}",
+            "HCCL_IF_BASE_PORT": str(start),
+            "HCCL_HOST_SOCKET_PORT_RANGE": f"{host}-{host + PORTS_PER_BLOCK - 1}",
+            "HCCL_NPU_SOCKET_PORT_RANGE": f"{npu}-{npu + PORTS_PER_BLOCK - 1}",
         }
 
     def versions(self) -> dict[str, str]:

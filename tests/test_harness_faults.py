@@ -193,3 +193,21 @@ def test_plugin_loads_by_name_outside_the_checkout(pytester, monkeypatch):
     """)
     result = pytester.runpytest_subprocess("-p", "ascend_conformance")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("n", [0, -2, 2.5, True])
+def test_a_bad_world_size_is_an_error_not_a_skip(world, n):
+    from ascend_conformance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"world size must be a whole number >= 1, got {n!r}"):
+        world(n)
+
+
+@pytest.mark.parametrize("option, value", [("--devices", "0"), ("--rank-timeout", "-1"), ("--lease-timeout", "0"),
+                                           ("--max-warm-ranks", "0"), ("--hccl-port-base", "80")])
+def test_bad_options_are_one_line_usage_errors(pytester, option, value):
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(option, value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and option in errors[0] and value in errors[0], result.stderr.lines

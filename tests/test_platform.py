@@ -77,16 +77,28 @@ def test_forced_npu_platform_skips_multi_rank_tests_with_the_reason(pytester, mo
     result.stdout.fnmatch_lines(["*platform npu unavailable: torch_npu not importable: libhccl.so*"])
 
 
-def test_hccl_port_blocks_are_disjoint_per_device():
-    npu = platforms.NpuPlatform()
-    seen = set()
-    for first in range(16):
-        env = npu.rank_environment([first], port_base=30000 + 16 * first)
-        lo, hi = map(int, env["HCCL_HOST_SOCKET_PORT_RANGE"].split("-"))
-        ports = set(range(lo, hi + 1)) | {int(env["HCCL_IF_BASE_PORT"])}
-        assert not ports & seen
-        seen |= ports
+def test_hccl_port_ranges_of_concurrent_worlds_never_meet(tmp_path):
+    """Every (xdist worker, first leased device) gets ports no other one gets, in all three variables."""
+    from ascend_conformance.harness.world import WorldOptions, WorldRunner
 
+    owner = {}
+    for worker in range(16):
+        runner = WorldRunner(WorldOptions(platform=platforms.NpuPlatform(), physical_ids=tuple(range(32)),
+                                          lease_dir=str(tmp_path / "leases"), log_root=str(tmp_path),
+                                          worker_index=worker))
+        for first in range(32):
+            env = runner.rank_environment((first,))
+            ports = {int(env["HCCL_IF_BASE_PORT"]) + i for i in range(16)}  # HCCL uses 16 from the base
+            for name in ("HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE"):
+                lo, hi = map(int, env[name].split("-"))
+                ports |= set(range(lo, hi + 1))
+            for port in ports:
+                assert port not in owner, f"port {port} of (worker {worker}, device {first}) also {owner[port]}"
+                owner[port] = (worker, first)
+    assert max(owner) < 30000 + platforms.PORT_SPAN <= 65536
+    with pytest.raises(ConfigError, match="no HCCL port block for xdist worker 16 on device 0"):
+        WorldRunner(WorldOptions(platform=platforms.NpuPlatform(), physical_ids=(0,), lease_dir=str(tmp_path),
+                                 log_root=str(tmp_path), worker_index=16)).rank_environment((0,))
 
 def test_cpu_peak_memory_is_measured_from_allocations():
     plat = platforms.CpuPlatform()

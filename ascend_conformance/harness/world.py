@@ -16,9 +16,12 @@ import os
 import tempfile
 from typing import Callable, Iterator
 
+from ascend_conformance.errors import ConfigError
 from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
 from ascend_conformance.harness.pool import PoolConfig, RankFailure, RankPool, _SkipAll
-from ascend_conformance.platform import Platform
+from ascend_conformance.platform import PORT_BLOCKS, Platform
+
+DEVICES_PER_WORKER_BLOCK = 32
 
 
 class RanksSkipped(Exception):
@@ -59,8 +62,9 @@ class WorldRunner:
     def skip_reason(self, n: int) -> str | None:
         """Why a world of n ranks cannot run here (decided before anything is spawned), or None."""
         plat = self.options.platform
-        if n < 1:
-            return f"world size must be >= 1, got {n}"
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            # a bug in the test, not a property of the host: an error, never a skip
+            raise ConfigError(f"world size must be a whole number >= 1, got {n!r}")
         reason = plat.unavailable_reason()
         if reason:
             return f"platform {plat.name} unavailable: {reason}"
@@ -124,8 +128,12 @@ class WorldRunner:
         env = {}
         if plat.visible_devices_env:
             env[plat.visible_devices_env] = ",".join(str(d) for d in devices)
-        block = self.options.worker_index * 16 + min(devices)
-        env.update(plat.rank_environment(list(devices), self.options.port_base + 16 * block))
+        block = self.options.worker_index * DEVICES_PER_WORKER_BLOCK + min(devices)
+        if min(devices) >= DEVICES_PER_WORKER_BLOCK or block >= PORT_BLOCKS:
+            raise ConfigError(f"no HCCL port block for xdist worker {self.options.worker_index} on device "
+                              f"{min(devices)}: blocks cover {PORT_BLOCKS // DEVICES_PER_WORKER_BLOCK} workers x "
+                              f"{DEVICES_PER_WORKER_BLOCK} devices")
+        env.update(plat.rank_environment(list(devices), block, self.options.port_base))
         return env
 
     def _evict_for(self, n: int) -> None:
