@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import groups
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.groups import P2P, GroupCoordinator, GroupLookupError
 from ascend_conformance.topology import ParallelConfig, build_layout

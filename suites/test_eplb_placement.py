@@ -17,7 +17,7 @@ import itertools
 import pytest
 import torch
 
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.eplb import (
     ExpertMove,
     balancedness,

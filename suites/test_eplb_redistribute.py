@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import platform
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.eplb import expert_map_for_rank, rebalance_experts, round_robin_placement
 from ascend_conformance.eplb.plan import plan_redistribution
 from ascend_conformance.eplb.redistribute import ExpertState, execute_plan, rebalance

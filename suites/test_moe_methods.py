@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from ascend_conformance import platform as platforms
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.moe import (COMPUTING_METHODS, ExpertPlacement, forward_context, mc2_tokens_capacity,
                                     select_method)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import golden
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import platform as platforms
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.moe import AllGather, NativeAllGather
 from ascend_conformance.moe.ops import GoldenOps
 from ascend_conformance.moe.scenario import Scenario, run_on_rank, setup_on_rank, summarize

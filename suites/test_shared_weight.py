@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import shared_weight as sw
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.harness import rank_context
 

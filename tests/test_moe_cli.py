@@ -17,7 +17,7 @@ import torch
 
 from ascend_conformance import cli
 from ascend_conformance.commands import moe as moe_command
-from ascend_conformance.compare import Kind, assert_close, tolerance
+from ascend_conformance.tolerance import Kind, assert_close, tolerance
 from ascend_conformance.moe.oracle import dense_moe
 from ascend_conformance.moe.scenario import Scenario
 

@@ -25,7 +25,7 @@ import os, signal
 import pytest
 import torch
 import torch.distributed as dist
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.harness import rank_context
 
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from ascend_conformance import bench, platform
 from ascend_conformance import groups as live
-from ascend_conformance.compare import Kind, assert_close
+from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.moe.context import forward_context
 from ascend_conformance.report import benchmark_json
 from ascend_conformance.moe.methods import AllGather, NativeAllGather

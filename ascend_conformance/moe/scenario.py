@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ascend_conformance.compare import Kind, assert_close, tolerance
+from ascend_conformance.tolerance import Kind, assert_close, tolerance
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.moe.context import gather_forward_context
 from ascend_conformance.moe.methods import COMPUTING_METHODS, METHODS, method_class

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 
 from ascend_conformance.report import results as results_mod
 from ascend_conformance.report.benchmarks import BenchRow
-from ascend_conformance.report.compare import human_bytes, human_seconds
+from ascend_conformance.report.baseline import human_bytes, human_seconds
 
 _UNIT_BYTES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1e3, "MB": 1e6, "GB": 1e9,
                "bytes": 1}

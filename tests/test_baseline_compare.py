@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ascend_conformance.cli import main
-from ascend_conformance.report import compare
+from ascend_conformance.report import baseline as baseline_compare
 from ascend_conformance.report.benchmarks import load_file
 from tests import report_data as data
 
@@ -97,13 +97,13 @@ def test_new_failures_from_result_records(capsys, baseline, tmp_path):
 def test_keys_separate_platform_device_world_size_and_dtype(tmp_path):
     base = data.document(data.collective_benchmarks())
     other_device = data.document(data.collective_benchmarks(scale=2.0), dict(data.MACHINE, device_model="Ascend910B4"))
-    comparison = compare.compare_rows(load_file(data.write(tmp_path / "b.json", base)),
+    comparison = baseline_compare.compare_rows(load_file(data.write(tmp_path / "b.json", base)),
                                       load_file(data.write(tmp_path / "n.json", other_device)))
     assert {f.status for f in comparison.findings} == {"missing", "new"}, "another device is never compared"
     assert comparison.exit_code == 0
-    assert compare.compare_rows([], [], compare.Thresholds(fail_on_missing=True)).exit_code == 0
-    strict = compare.compare_rows(load_file(str(tmp_path / "b.json")), load_file(str(tmp_path / "n.json")),
-                                  compare.Thresholds(fail_on_missing=True))
+    assert baseline_compare.compare_rows([], [], baseline_compare.Thresholds(fail_on_missing=True)).exit_code == 0
+    strict = baseline_compare.compare_rows(load_file(str(tmp_path / "b.json")), load_file(str(tmp_path / "n.json")),
+                                  baseline_compare.Thresholds(fail_on_missing=True))
     assert strict.exit_code == 1
 
     rows = load_file(str(tmp_path / "b.json"))
@@ -114,7 +114,7 @@ def test_keys_separate_platform_device_world_size_and_dtype(tmp_path):
     for bench in fp16["benchmarks"]:
         bench["extra_info"]["dtype"] = "float16"
         bench["stats"]["mean"] *= 3
-    comparison = compare.compare_rows(rows, load_file(data.write(tmp_path / "h.json", fp16)))
+    comparison = baseline_compare.compare_rows(rows, load_file(data.write(tmp_path / "h.json", fp16)))
     assert comparison.exit_code == 0 and {f.status for f in comparison.findings} == {"missing", "new"}
 
 
@@ -124,10 +124,10 @@ def test_cases_sharing_a_key_are_matched_by_name_with_a_warning(tmp_path):
         bench["extra_info"].pop("variant", None)  # loads no longer tell the cases apart
     slower = copy.deepcopy(doc)
     slower["benchmarks"][2]["stats"]["mean"] *= 1.2  # zipf1.0 rebalanced
-    comparison = compare.compare_rows(load_file(data.write(tmp_path / "b.json", doc)),
+    comparison = baseline_compare.compare_rows(load_file(data.write(tmp_path / "b.json", doc)),
                                       load_file(data.write(tmp_path / "n.json", slower)))
     assert [f.new.name for f in comparison.regressions] == ["test_balancedness[zipf1.0-rebalanced]"]
-    text = compare.table(comparison)
+    text = baseline_compare.table(comparison)
     assert "warning: 3 benchmarks share the key" in text and "set extra_info['variant']" in text
 
 

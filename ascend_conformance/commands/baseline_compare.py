@@ -41,9 +41,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ascend_conformance.errors import ConfigError
-    from ascend_conformance.report import compare, results
+    from ascend_conformance.report import baseline, results
 
-    thresholds = compare.Thresholds(time_tolerance=args.time_tolerance, busbw_ratio=args.busbw_ratio,
+    thresholds = baseline.Thresholds(time_tolerance=args.time_tolerance, busbw_ratio=args.busbw_ratio,
                                     memory_tolerance=args.memory_tolerance, fail_on_missing=args.fail_on_missing)
     try:
         new_tests = results.load(args.results)["tests"] if args.results else None
@@ -52,14 +52,14 @@ def run(args) -> int:
             print(f"no baseline at {args.baseline} yet")
             comparison = None
         else:
-            comparison = compare.compare_paths([args.baseline], args.new, thresholds, new_tests, base_tests)
+            comparison = baseline.compare_paths([args.baseline], args.new, thresholds, new_tests, base_tests)
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     if comparison is not None:
-        print(compare.table(comparison))
+        print(baseline.table(comparison))
     if args.update_baseline:
         try:
-            where = compare.update_baseline(args.baseline, args.new)
+            where = baseline.update_baseline(args.baseline, args.new)
         except (OSError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         print(f"baseline updated: {where}")
