@@ -1,4 +1,4 @@
-"""Pure-PyTorch models of the torch_npu MoE ops of SEMANTICS.md §4, with torch_npu's names and keywords.
+"""Pure-PyTorch models of the torch_npu MoE ops of docs/ops.md, with torch_npu's names and keywords.
 
 Where torch_npu is present the suites run these next to the real ops on the same inputs; everywhere else
 they stand in for the real ops, so a native MoE path and an op path still cross-check two implementations.
@@ -40,7 +40,7 @@ here ``expand_idx`` / ``assist_info_for_combine`` is int32 ``[BS·K]`` (the entr
 rank's send order, -1 when not sent; torch_npu's v2 handle is ``[A·128]``) and ``ep_recv_counts`` is the
 int32 cumsum of received rows per (local expert, source rank) segment. Compare nothing about them.
 
-Where these models differ from torch_npu's documentation (SEMANTICS.md decides)
+Where these models differ from torch_npu's documentation (docs/ops.md decides)
 --------------------------------------------------------------------------------
 * ``npu_moe_init_routing_v2``: ``quant_mode`` defaults to -1 (none; torch_npu's default 0, static
   quantisation, is unsupported there too); ``expert_tokens_num_type=2`` returns ``[n, 2]`` rows for the n

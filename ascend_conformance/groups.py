@@ -1,4 +1,4 @@
-"""Live parallel groups: a GroupCoordinator per group of a rank layout (SEMANTICS.md §2).
+"""Live parallel groups: a GroupCoordinator per group of a rank layout (docs/collectives.md).
 
 :mod:`ascend_conformance.topology` says *which* ranks form each group; this module makes those groups
 real inside a ``torch.distributed`` world and gives each one the collectives of vLLM's
@@ -35,7 +35,7 @@ from global rank 3::
 
 ``torch.distributed.new_group`` numbers a group's members by ascending global rank whatever order it is
 given, so a layout whose group lists ranks in another order would make the collectives' order (torch's)
-differ from ``rank_in_group`` (the layout's). Every group of SEMANTICS.md §1 is ascending, and
+differ from ``rank_in_group`` (the layout's). Every group of docs/layout.md is ascending, and
 :func:`initialize_groups` refuses any other order rather than silently reordering results.
 
 Groups of one

@@ -1,6 +1,6 @@
 """Invariant checker for rank layouts: the reference's, or one captured from a live system.
 
-A layout is a mapping ``kind -> list of rank lists`` with the kind names of SEMANTICS.md §1 (what
+A layout is a mapping ``kind -> list of rank lists`` with the kind names of docs/layout.md (what
 :func:`ascend_conformance.topology.build_layout` returns, or what a capture of vLLM / vllm-ascend's
 parallel state reads back). :func:`check_layout` returns one :class:`Violation` per defect, each with a
 sentence that names the ranks, e.g.::
@@ -32,7 +32,7 @@ Against the reference layout of the configuration:
 ``unexpected_kind``  the layout has a known kind the configuration does not imply (its groups are still
                      checked for structure)
 
-Kinds not named in SEMANTICS.md §1 (a live system may create more, e.g. vLLM's dcp) are ignored here:
+Kinds not named in docs/layout.md (a live system may create more, e.g. vLLM's dcp) are ignored here:
 nothing says what they should be. :func:`compare_layouts` lists them as differences.
 
 Worked example (world 8, DP2 PP2 TP2 with OTP 2): the reference otp groups are
@@ -240,7 +240,7 @@ def _mc2_violations(mc2: list[Group], ep: list[Group]) -> list[Violation]:
 
 def check_layout(layout: Mapping[str, Sequence[Sequence[int]]],
                  config: ParallelConfig) -> list[Violation]:
-    """Every violation of SEMANTICS.md §1's invariants in ``layout``, for the configuration ``config``.
+    """Every violation of docs/layout.md's invariants in ``layout``, for the configuration ``config``.
 
     An empty list means the layout is a correct one for ``config``. Violations come kind by kind in
     :data:`~ascend_conformance.topology.GROUP_KINDS` order; within a kind, structure rules (in group

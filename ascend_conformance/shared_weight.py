@@ -1,4 +1,4 @@
-"""Shared-weight series (layer sharding), SEMANTICS.md §5.
+"""Shared-weight series (layer sharding), docs/shared_weight.md.
 
 A *series* is a run of isomorphic layers ``[start, end)`` of one PP stage (e.g. every ``o_proj`` of the
 stage) registered over a group of ``n`` ranks. After the weights are loaded, :func:`finish_setup` keeps

@@ -1,6 +1,6 @@
 """Rank layout of every parallel group of vLLM and vllm-ascend: pure arithmetic, no torch.
 
-This module is the reference of SEMANTICS.md §1. It knows nothing about processes or devices: it maps a
+This module is the reference of docs/layout.md. It knows nothing about processes or devices: it maps a
 :class:`ParallelConfig` to the rank lists of every group kind, and :mod:`ascend_conformance.groups` turns
 those lists into live process groups.
 
@@ -83,7 +83,7 @@ from typing import NamedTuple
 
 from ascend_conformance.errors import ConfigError
 
-# Every group kind of SEMANTICS.md §1, in the order groups are built and reported.
+# Every group kind of docs/layout.md, in the order groups are built and reported.
 GROUP_KINDS: tuple[str, ...] = (
     "world", "tp", "pcp", "pp", "dp", "ep", "mc2", "dynamic_eplb", "fc3_quant_x",
     "otp", "lmheadtp", "emtp", "mlptp", "flashcomm2_otp", "flashcomm2_odp", "shard_weight", "p_tp",
@@ -101,7 +101,7 @@ FINE_GRAINED_TP_SIZE_FIELDS: dict[str, str] = {
 # Kinds whose groups partition all the ranks they cover but need not cover the world.
 PARTIAL_COVER_KINDS: frozenset[str] = frozenset(FINE_GRAINED_TP_SIZE_FIELDS) | {"p_tp"}
 
-# Kinds whose every group must lie inside one PP stage (SEMANTICS.md §1 invariants; the EP aliases
+# Kinds whose every group must lie inside one PP stage (docs/layout.md invariants; the EP aliases
 # share ep's members, so they share its constraint).
 STAGE_LOCAL_KINDS: frozenset[str] = frozenset(
     ("tp", "pcp", "ep", *EP_ALIAS_KINDS, *FINE_GRAINED_TP_SIZE_FIELDS,
@@ -295,7 +295,7 @@ def external_dp_replica(rank: int, config: ParallelConfig) -> int:
 # -- building groups ------------------------------------------------------------------------------
 
 # A kind is "ranks with equal key form a group, ordered by position". Both are functions of the
-# coordinates, which keeps each rule of SEMANTICS.md §1 on one line below.
+# coordinates, which keeps each rule of docs/layout.md on one line below.
 _KeyFn = Callable[[RankCoordinates], tuple]
 _PositionFn = Callable[[RankCoordinates, int], int]
 
@@ -329,7 +329,7 @@ def _shard_weight(config: ParallelConfig) -> list[list[int]]:
 
 
 def _prefill_all_to_all(config: ParallelConfig) -> list[list[int]]:
-    # SEMANTICS.md phrases p_tp over rows of DP*PCP*TP consecutive ranks viewed as [DP*PCP, nh, R].
+    # docs/layout.md phrases p_tp over rows of DP*PCP*TP consecutive ranks viewed as [DP*PCP, nh, R].
     # Each TP-aligned run of TP consecutive ranks is exactly one TP group (TP is the innermost
     # coordinate), so the same rule reads: inside each TP group T (key e, d, p, c) ...
     ratio = config.pd_tp_ratio
@@ -348,7 +348,7 @@ def _prefill_all_to_all(config: ParallelConfig) -> list[list[int]]:
 
 
 def build_layout(config: ParallelConfig) -> dict[str, list[list[int]]]:
-    """Every group kind ``config`` implies, as ordered rank lists (SEMANTICS.md §1).
+    """Every group kind ``config`` implies, as ordered rank lists (docs/layout.md).
 
     >>> layout = build_layout(ParallelConfig(world_size=8, tp=2, pp=2, dp=2))
     >>> layout["pp"], layout["ep"]

@@ -9,7 +9,7 @@ For a stack of ``--layers`` Linear(H, H) layers starting at ``--start`` (a later
 
 ``hidden = (unsharded + broadcast - sharded_k) / broadcast`` is the share of the broadcast the prefetch
 hides (0: fully exposed, 1: fully hidden). Memory per rank: weight storage counted from the live tensors
-of the rank (gc, deduplicated by data_ptr) against SEMANTICS.md §5's (owned)*W + (k+1)*W, and the peak
+of the rank (gc, deduplicated by data_ptr) against docs/shared_weight.md's (owned)*W + (k+1)*W, and the peak
 extra bytes allocated during a pass (``platform.get().measure_peak()``: activations only, no weights).
 
     python benchmarks/shared_weight.py [--world-size 2] [--hidden 1024] [--tokens 32] [--layers 8]

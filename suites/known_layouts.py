@@ -1,6 +1,6 @@
-"""Layouts of live systems known to diverge from the reference, written from SEMANTICS.md §1.
+"""Layouts of live systems known to diverge from the reference, written from docs/layout.md.
 
-vllm-ascend (as described in SEMANTICS.md §1, "Known divergence to detect") builds
+vllm-ascend (as described in docs/layout.md, "Known divergence to detect") builds
 
 - the fine-grained TP groups (``otp``, ``lmheadtp``, ``emtp``, ``mlptp``) and ``shard_weight`` on a
   ``(pp, dp, tp)`` grid, i.e. it reads rank r as ``((p*DP + d)*TP + t)`` with PP *outside* DP, where
@@ -32,7 +32,7 @@ def _pp_outside_dp_rank(config: ParallelConfig, e: int, p: int, d: int, c: int, 
 
 
 def _module_tp_index(config: ParallelConfig, t: int) -> int:
-    # Same module-TP rule as the reference (SEMANTICS.md §1 shard_weight); only the grid differs.
+    # Same module-TP rule as the reference (docs/layout.md shard_weight); only the grid differs.
     if config.flashcomm2_otp is not None and config.flashcomm2_otp > 1:
         return t // (config.tp // config.flashcomm2_otp)
     if config.flashcomm2_otp == 1 or config.dsa_cp:
@@ -41,7 +41,7 @@ def _module_tp_index(config: ParallelConfig, t: int) -> int:
 
 
 def vllm_ascend_layout(config: ParallelConfig) -> dict[str, list[list[int]]]:
-    """The layout vllm-ascend builds for ``config``, per SEMANTICS.md §1's known divergence."""
+    """The layout vllm-ascend builds for ``config``, per docs/layout.md's known divergence."""
     layout = build_layout(config)
     coordinates = list(itertools.product(
         range(config.external_dp), range(config.pp), range(config.dp), range(config.pcp),

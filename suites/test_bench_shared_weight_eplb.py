@@ -1,4 +1,4 @@
-"""Benchmarks (``-m bench -p no:xdist``): the shared-weight series and EPLB (SEMANTICS.md §5-6).
+"""Benchmarks (``-m bench -p no:xdist``): the shared-weight series and EPLB (docs/shared_weight.md and docs/eplb.md).
 
 * shared weight: forward time per layer with prefetch_step k = 0, 1, 2 against the unsharded model
   (compute alone: every weight resident) and the broadcast alone, i.e. how much of the broadcast the

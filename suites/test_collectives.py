@@ -1,4 +1,4 @@
-"""GroupCoordinator collectives on live worlds (SEMANTICS.md §2), every group kind of a layout.
+"""GroupCoordinator collectives on live worlds (docs/collectives.md), every group kind of a layout.
 
 How the checks are built
 ------------------------
@@ -44,7 +44,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 # Representative configurations (ParallelConfig fields). Together they create every kind of
-# SEMANTICS.md §1: the 8-rank one has PP2 x DP2 so stage-local kinds (ep, otp, shard_weight) differ
+# docs/layout.md: the 8-rank one has PP2 x DP2 so stage-local kinds (ep, otp, shard_weight) differ
 # from the world, and group-of-one kinds (pcp, flashcomm2_odp with TP = o); the 4-rank one has
 # FlashComm2 OTP groups of non-adjacent ranks ([0, 2], [1, 3]) and p_tp; the 2-rank one has the
 # fine-grained lmhead / embedding / MLP TP kinds and FlashComm2 with o = 1 (ODP == TP, no OTP group).

@@ -1,4 +1,4 @@
-"""EPLB placement and redistribution planning (SEMANTICS.md §6), device-free.
+"""EPLB placement and redistribution planning (docs/eplb.md), device-free.
 
 Reads top to bottom as the specification:
   1. hand-worked placements (derived on paper from the algorithm, and DeepSeek's published example);

@@ -1,4 +1,4 @@
-"""Executing an EPLB redistribution on real multi-rank worlds (SEMANTICS.md §6, redistribution).
+"""Executing an EPLB redistribution on real multi-rank worlds (docs/eplb.md, redistribution).
 
 Expert weights are a function of (layer, logical expert) only, so every rank computes what any slot must
 hold, and a sent row can be identified by its content. Every communication call is recorded by wrapping
@@ -135,7 +135,7 @@ def local_weights(phy2log: torch.Tensor, rank: int, world_size: int) -> list:
 
 def needed(old: torch.Tensor, new: torch.Tensor, world_size: int) -> dict:
     """(layer, dst rank) -> set of experts the rank must receive: in its changed new slots and nowhere in its
-    old slots. Derived here from SEMANTICS.md, independently of the plan."""
+    old slots. Derived here from docs/eplb.md, independently of the plan."""
     slots = old.shape[1] // world_size
     out = {}
     for layer in range(old.shape[0]):

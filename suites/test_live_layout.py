@@ -1,4 +1,4 @@
-"""Live vLLM / vllm-ascend parallel groups against the reference layout (SEMANTICS.md §1).
+"""Live vLLM / vllm-ascend parallel groups against the reference layout (docs/layout.md).
 
 On an NPU host with vllm and vllm-ascend, each configuration is initialised for real in a world of
 its size, every rank reads back its groups, and the merged layout must satisfy every invariant. Where
@@ -66,7 +66,7 @@ def test_kinds_outside_the_semantics_are_left_out_of_the_judgement():
     config = ParallelConfig(world_size=2, tp=2, pp=1, dp=1)
     views = _views_of(build_layout(config))
     for rank, view in enumerate(views):
-        view["dcp"] = [rank]  # vLLM's decode-context-parallel groups: not specified by SEMANTICS.md §1
+        view["dcp"] = [rank]  # vLLM's decode-context-parallel groups: not specified by docs/layout.md
     verdict = judge(merge_rank_views(views), config)
     assert verdict.conformant and verdict.differences == []
     assert verdict.layout["dcp"] == [[0], [1]]
@@ -109,7 +109,7 @@ def test_live_layout_conforms(world, request, name):
         pytest.skip(live_capture.unsupported_reason(config))
     if diverges:
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="known vllm-ascend divergence (SEMANTICS.md §1): fine-grained TP / shard_weight "
+            strict=True, reason="known vllm-ascend divergence (docs/layout.md): fine-grained TP / shard_weight "
                                 "on a (pp, dp, tp) grid and mc2 as blocks cross PP stages when PP > 1 and DP > 1"))
     views = world(config.world_size, timeout=300).run(live_capture.capture_rank_view, fields)
     verdict = judge(merge_rank_views(views), config)

@@ -1,4 +1,4 @@
-"""MoE methods, method level (SEMANTICS.md §3): every method's full forward against the dense oracle.
+"""MoE methods, method level (docs/moe.md): every method's full forward against the dense oracle.
 
 The oracle (``moe/oracle.py``) is independent dense float32 math: every expert applied to every token with
 einsums, the K chosen outputs weighted — no sorting, no grouping, no communication. Tolerances come from

@@ -1,4 +1,4 @@
-"""MoE op level: the golden torch_npu models (``ascend_conformance.golden``), SEMANTICS.md §4, as a spec.
+"""MoE op level: the golden torch_npu models (``ascend_conformance.golden``), docs/ops.md, as a spec.
 
 Three kinds of check:
 

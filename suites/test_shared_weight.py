@@ -1,4 +1,4 @@
-"""Shared-weight series (SEMANTICS.md §5) on real multi-rank worlds.
+"""Shared-weight series (docs/shared_weight.md) on real multi-rank worlds.
 
 Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weight`:
   1. the prefetch index: the correct formula against a hand-written table, and the vllm-ascend formula

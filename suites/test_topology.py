@@ -1,10 +1,10 @@
-"""Rank layouts of every parallel group (SEMANTICS.md §1), device-free.
+"""Rank layouts of every parallel group (docs/layout.md), device-free.
 
 Read top to bottom this is the specification of :mod:`ascend_conformance.topology` and
 :mod:`ascend_conformance.invariants`:
 
 1. the rank formula ``rank = ((((e*DP + d)*PP + p)*PCP + c)*TP + t)``;
-2. golden layouts worked out by hand from SEMANTICS.md §1 for every group kind;
+2. golden layouts worked out by hand from docs/layout.md for every group kind;
 3. a sweep of configurations (world 1..64, external DP, PP with DP, PCP, every optional kind) on which
    the reference satisfies every invariant and every kind has the expected shape;
 4. every kind of invalid configuration, each a one-line ConfigError naming the numbers;
@@ -48,7 +48,7 @@ def reported(violations) -> set[tuple]:
     return {(v.kind, v.rule, v.group) for v in violations}
 
 
-# The worked example of SEMANTICS.md §1 and of topology.py's docstring.
+# The worked example of docs/layout.md and of topology.py's docstring.
 DP2_PP2_TP2 = config(8, tp=2, pp=2, dp=2)
 
 
@@ -82,7 +82,7 @@ def test_rank_helpers_reject_ranks_and_coordinates_outside_the_world():
         rank_of(RankCoordinates(0, 0, 2, 0, 0), DP2_PP2_TP2)
 
 
-# --- 2. golden layouts, worked by hand from SEMANTICS.md §1 ---------------------------------------
+# --- 2. golden layouts, worked by hand from docs/layout.md ---------------------------------------
 
 def test_worked_example_dp2_pp2_tp2():
     layout = build_layout(DP2_PP2_TP2)
@@ -274,7 +274,7 @@ def expected_kinds(c: ParallelConfig) -> set[str]:
 
 
 def expected_group_size(kind: str, c: ParallelConfig) -> int:
-    """Group sizes that follow from SEMANTICS.md §1's table (every group of a kind has the same size)."""
+    """Group sizes that follow from docs/layout.md's table (every group of a kind has the same size)."""
     n = None if c.flashcomm2_otp is None else c.tp // c.flashcomm2_otp
     if kind == "shard_weight":
         # Every (d, c) of one stage, times the TP indices t sharing one module-TP index:

@@ -1,4 +1,4 @@
-"""`python -m ascend_conformance moe`: the CLI contract of DESIGN.md.
+"""`python -m ascend_conformance moe`: the CLI contract of docs/cli.md.
 
 One JSON summary on stdout with the max error against the dense oracle; ``--dump DIR`` writes
 ``DIR/rank{r}.pt`` with ``x``, ``topk_ids``, ``topk_weights``, global ``w13`` / ``w2`` and ``out`` — and

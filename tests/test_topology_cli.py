@@ -1,4 +1,4 @@
-"""`python -m ascend_conformance topology`: the DESIGN.md contract, exercised in a subprocess."""
+"""`python -m ascend_conformance topology`: the docs/cli.md contract, exercised in a subprocess."""
 from __future__ import annotations
 
 import json
@@ -92,7 +92,7 @@ def test_check_passes_on_the_reference():
 
 
 def test_check_of_a_captured_layout_reports_violations_and_exits_1(tmp_path):
-    # vllm-ascend's otp groups on DP2 PP2 TP2 (SEMANTICS.md §1 known divergence), everything else right.
+    # vllm-ascend's otp groups on DP2 PP2 TP2 (docs/layout.md known divergence), everything else right.
     captured = build_layout(ParallelConfig(world_size=8, tp=2, pp=2, dp=2, otp=2))
     captured["otp"] = [[0, 2], [1, 3], [4, 6], [5, 7]]
     path = tmp_path / "live.json"

@@ -19,7 +19,7 @@ from ascend_conformance.invariants import check_layout, compare_layouts
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 NAME = "topology"
-HELP = "print every parallel group's rank lists for a configuration (SEMANTICS.md §1)"
+HELP = "print every parallel group's rank lists for a configuration (docs/layout.md)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

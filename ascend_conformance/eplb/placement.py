@@ -1,4 +1,4 @@
-"""Expert placement for EPLB: which logical expert every physical expert slot holds (SEMANTICS.md §6).
+"""Expert placement for EPLB: which logical expert every physical expert slot holds (docs/eplb.md).
 
 Vocabulary
 ----------
@@ -399,7 +399,7 @@ def expert_map_for_rank(phy2log: torch.Tensor, rank: int, num_gpus: int,
 
 
 def check_placement(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.Tensor, num_gpus: int) -> list[str]:
-    """Every way a placement breaks the invariants of SEMANTICS.md §6, as readable lines ([] = valid).
+    """Every way a placement breaks the invariants of docs/eplb.md, as readable lines ([] = valid).
 
     Checks: shapes agree ([L, R], [L, E, maxcnt], [L, E]); every GPU holds the same number of slots
     (``G`` divides ``R``); every slot names an expert in ``[0, E)``; every logical expert has at least one

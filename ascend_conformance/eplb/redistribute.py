@@ -1,4 +1,4 @@
-"""Execution of an EPLB redistribution over the ``dynamic_eplb`` group (SEMANTICS.md §6).
+"""Execution of an EPLB redistribution over the ``dynamic_eplb`` group (docs/eplb.md).
 
 :func:`execute_plan` carries out a :class:`~ascend_conformance.eplb.plan.RedistributionPlan` on one EP
 rank, one layer after the other, following the plan's execution contract:

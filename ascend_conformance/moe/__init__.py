@@ -1,4 +1,4 @@
-"""MoE communication methods (SEMANTICS.md §3): prepare → permute → expert MLP → unpermute → finalize.
+"""MoE communication methods (docs/moe.md): prepare → permute → expert MLP → unpermute → finalize.
 
     context.py    ForwardContext: num_tokens_across_dp, max_tokens_across_dp, padded_num_tokens, mc2_mask
     placement.py  ExpertPlacement: expert_map of every EP rank (contiguous, non-contiguous, uneven), slot ids

@@ -1,6 +1,6 @@
 """The forward context of one MoE forward, explicit (vllm-ascend keeps it in a global; here it is a value).
 
-SEMANTICS.md §3::
+docs/moe.md::
 
     num_tokens_across_dp   tokens of every DP rank, DP-rank order
     max_tokens_across_dp   max of it

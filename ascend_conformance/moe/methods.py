@@ -1,4 +1,4 @@
-"""The MoE communication methods of SEMANTICS.md §3: prepare → permute → expert MLP → unpermute → finalize.
+"""The MoE communication methods of docs/moe.md: prepare → permute → expert MLP → unpermute → finalize.
 
 Every method is constructed for one rank from its groups and the global expert placement, and runs::
 

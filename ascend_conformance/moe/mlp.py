@@ -1,4 +1,4 @@
-"""The SwiGLU expert MLP of one EP rank, through grouped matmul (SEMANTICS.md §3).
+"""The SwiGLU expert MLP of one EP rank, through grouped matmul (docs/moe.md).
 
 Storage as vllm-ascend loads it: ``w13 [E, 2I, H]`` (gate rows first, then up), ``w2 [E, H, I]``. For the
 rows of local expert g::

@@ -21,7 +21,7 @@ OP_NAMES = ("npu_moe_init_routing_v2", "npu_moe_token_permute", "npu_moe_token_u
 
 
 class GoldenOps:
-    """The pure-torch models of SEMANTICS.md §4."""
+    """The pure-torch models of docs/ops.md."""
 
     name = "golden"
     npu_moe_init_routing_v2 = staticmethod(golden.npu_moe_init_routing_v2)

@@ -1,4 +1,4 @@
-"""The dense oracle of SEMANTICS.md §3, independent of every method.
+"""The dense oracle of docs/moe.md, independent of every method.
 
     out[n] = Σ_k topk_weights[n, k] · MLP_{topk_ids[n, k]}(x[n])
 

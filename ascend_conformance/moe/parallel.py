@@ -2,7 +2,7 @@
 
 A method only needs ``world_size``, ``rank_in_group``, ``ranks``, ``device_group`` and the collectives
 ``all_gather(t, dim)``, ``reduce_scatter(t, dim)`` and ``all_reduce(t)`` (out of place; a group of one
-returns its input) of the GroupCoordinator contract (SEMANTICS.md §2); the methods always pass ``dim``
+returns its input) of the GroupCoordinator contract (docs/collectives.md); the methods always pass ``dim``
 (vLLM's default is -1).
 
 :func:`moe_groups` initialises the groups of a :class:`~ascend_conformance.topology.ParallelConfig`'s

@@ -1,4 +1,4 @@
-"""Which EP rank holds which expert: the ``expert_map`` of SEMANTICS.md §3, for every rank at once.
+"""Which EP rank holds which expert: the ``expert_map`` of docs/moe.md, for every rank at once.
 
 A rank's ``expert_map`` is int32 ``[E]``: the expert's local index on that rank, or -1 when another rank
 holds it. The methods need the placement of *every* rank (AllToAll and MC2 send each routing entry to the

@@ -1,6 +1,6 @@
 """Which method vllm-ascend runs a forward with: a pure function of the deployment and the batch.
 
-SEMANTICS.md §3::
+docs/moe.md::
 
     no EP (EP size 1)  -> allgather
     A2                 -> mc2 when experts per device <= 24, EP >= 16 and tokens <= cap, else allgather
@@ -12,7 +12,7 @@ cap 512 -> mc2; A2, EP 8 -> allgather whatever the tokens.
 
 Note: vllm-ascend computes the capacity as ceil(min(M, 512) / TP) · TP, which differs from the formula
 above when M > 512 and TP > 1 (M 1000, TP 4: 512 there, 1000 here). :func:`mc2_tokens_capacity` follows
-SEMANTICS.md; :func:`vllm_ascend_mc2_tokens_capacity` gives vllm-ascend's value so a live check can
+docs/moe.md; :func:`vllm_ascend_mc2_tokens_capacity` gives vllm-ascend's value so a live check can
 report the difference.
 """
 from __future__ import annotations
