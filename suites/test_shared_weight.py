@@ -427,6 +427,71 @@ def test_defective_formula_passes_when_start_is_a_multiple_of_count(world):
         assert all(o == {"correct_matches": True, "defective": "ran: outputs match"} for o in outcomes), outcomes
 
 
+def test_vllm_ascend_prefetch_distance_is_k_plus_start_mod_count():
+    # Layer i prefetches layer (i + k) mod count + start: (k + start) mod count layers ahead (inside the
+    # series, wrapping), the same for every layer. It is k exactly when start mod count == 0.
+    for count in range(1, 13):
+        for start in range(0, 3 * count + 2):
+            for k in range(0, max(0, count - 2) + 1):
+                ahead = {(sw.defective_prefetch_index(i, start, count, k) - i) % count
+                         for i in range(start, start + count)}
+                assert ahead == {(k + start) % count}, (count, start, k, ahead)
+                assert (ahead == {k}) == (start % count == 0), (count, start, k)
+    # The silent case of docs/shared_weight.md: 61 layers split 30 + 31, stage 1 = [30, 61), k = 1.
+    assert [sw.defective_prefetch_index(i, 30, 31, 1) for i in (30, 31, 60)] == [30, 31, 60]
+
+
+def _prefetch_distances(count, start, k, formula_name, passes=3):
+    """Run a series over the world with the named index formula and measure, for every forward from the
+    second pass on, its prefetch distance: how many layers before its own ``reach_layer`` the broadcast
+    of its weight was started (= the layers whose compute that broadcast overlaps; 0 = none). From the
+    second pass on every window was filled by a ``reach_layer`` (the ones filled during set-up are used
+    up in the first pass), whose return value is the layer it started broadcasting."""
+    formula = {"correct": sw.prefetch_index, "vllm-ascend": sw.defective_prefetch_index}[formula_name]
+    ranks = list(range(dist.get_world_size()))
+    cfg = dict(ranks=ranks, count=count, start=start, k=k, dtype=torch.float32, hidden=HIDDEN, seed=13)
+    layers = build_stack(cfg, lambda i: i % len(ranks) == group_rank_of(ranks))
+    name = f"distance@{start}"
+    for i, layer in layers.items():
+        sw.register_layer(name, ranks, layer, i, prefetch_step=k, index_formula=formula)
+    series = sw.finish_setup(name)
+    started_at: dict[int, int] = {}  # layer -> step of the reach_layer that last started its broadcast
+    distances, exact, step = set(), True, 0
+    try:
+        for p in range(passes):
+            x = pass_input(cfg, p)
+            expected = reference_pass(cfg, x)
+            for j, i in enumerate(range(start, start + count)):
+                started_at[sw.reach_layer(layers[i])] = step
+                x = torch.tanh(layers[i](x))
+                exact = exact and torch.equal(x, expected[j])
+                if p > 0:
+                    distances.add(step - started_at[i])
+                step += 1
+    finally:
+        series.drain()
+        sw.release_series(name)
+    return {"distances": sorted(distances), "exact": exact}
+
+
+def _correct_and_defective_distances(cases):
+    return [{formula: _prefetch_distances(count, start, k, formula) for formula in ("correct", "vllm-ascend")}
+            for count, start, k in cases]
+
+
+def test_vllm_ascend_index_below_the_window_runs_exact_but_loses_overlap(world):
+    # (k + start) mod count < k: every broadcast still lands before its forward, so the window checks pass
+    # and the outputs are exact; only the overlap shrinks. [30, 61) with k = 1: distance 0, no overlap at
+    # all. [3, 8) with k = 3: distance 1 instead of 3. The correct formula, measured the same way, keeps k.
+    cases = [(31, 30, 1), (5, 3, 3)]
+    for rank, per_case in enumerate(world(2, timeout=120).run(_correct_and_defective_distances, cases)):
+        for (count, start, k), outcome in zip(cases, per_case):
+            what = f"rank {rank}, series [{start}, {start + count}), k={k}"
+            assert outcome["correct"] == {"distances": [k], "exact": True}, (what, outcome)
+            assert outcome["vllm-ascend"] == {"distances": [(k + start) % count], "exact": True}, (what, outcome)
+            assert (k + start) % count < k, what  # the case is a silent one, not one the window checks catch
+
+
 # ==================================================================================================
 # 5. bad registrations and protocol misuse
 # ==================================================================================================
