@@ -21,7 +21,7 @@ comparison with the reference).
 Worked example, world 8 DP2 PP2 TP2 with OTP 2: rank 0 reports ``otp -> [0, 2]``, rank 2 reports
 ``otp -> [0, 2]``, rank 1 ``[1, 3]``, ... The merged otp kind is ``[[0, 2], [1, 3], [4, 6], [5, 7]]``,
 which the checker flags (each group crosses PP stages; the reference has ``[[0, 4], [1, 5], ...]``):
-docs/layout.md's known vllm-ascend divergence.
+docs/systems_under_test.md's known vllm-ascend divergence.
 
 Where vllm or vllm_ascend does not import (no accelerator, not installed), nothing here runs:
 :func:`live_capture_unavailable_reason` gives the reason for the skip. The option names passed to

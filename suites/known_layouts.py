@@ -1,6 +1,6 @@
-"""Layouts of live systems known to diverge from the reference, written from docs/layout.md.
+"""Layouts of live systems known to diverge from the reference, written from docs/systems_under_test.md.
 
-vllm-ascend (as described in docs/layout.md, "Known divergence to detect") builds
+vllm-ascend (as described in docs/systems_under_test.md) builds
 
 - the fine-grained TP groups (``otp``, ``lmheadtp``, ``emtp``, ``mlptp``) and ``shard_weight`` on a
   ``(pp, dp, tp)`` grid, i.e. it reads rank r as ``((p*DP + d)*TP + t)`` with PP *outside* DP, where
@@ -41,7 +41,7 @@ def _module_tp_index(config: ParallelConfig, t: int) -> int:
 
 
 def vllm_ascend_layout(config: ParallelConfig) -> dict[str, list[list[int]]]:
-    """The layout vllm-ascend builds for ``config``, per docs/layout.md's known divergence."""
+    """The layout vllm-ascend builds for ``config``, per docs/systems_under_test.md's known divergence."""
     layout = build_layout(config)
     coordinates = list(itertools.product(
         range(config.external_dp), range(config.pp), range(config.dp), range(config.pcp),

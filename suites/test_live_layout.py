@@ -109,8 +109,9 @@ def test_live_layout_conforms(world, request, name):
         pytest.skip(live_capture.unsupported_reason(config))
     if diverges:
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="known vllm-ascend divergence (docs/layout.md): fine-grained TP / shard_weight "
-                                "on a (pp, dp, tp) grid and mc2 as blocks cross PP stages when PP > 1 and DP > 1"))
+            strict=True, reason="known vllm-ascend divergence (docs/systems_under_test.md): fine-grained TP / "
+                                "shard_weight on a (pp, dp, tp) grid and mc2 as blocks cross PP stages when PP > 1 "
+                                "and DP > 1"))
     views = world(config.world_size, timeout=300).run(live_capture.capture_rank_view, fields)
     verdict = judge(merge_rank_views(views), config)
     request.node.user_properties.append(("live_versions", str(live_capture.live_versions())))

@@ -531,7 +531,7 @@ def test_missing_unexpected_unknown_and_malformed_kinds():
     layout = build_layout(c)
     del layout["pcp"]
     layout["otp"] = [[0, 4], [1, 5], [2, 6], [3, 7]]   # a correct shape, but c sets no otp size
-    layout["dcp"] = [[0, 1]]                            # not a §1 kind: ignored by the checker
+    layout["dcp"] = [[0, 1]]                            # not a docs/layout.md kind: ignored by the checker
     layout["pp"] = [[0, "2"], [1, 3], [4, 6], [5, 7]]
     assert reported(check_layout(layout, c)) == {
         ("pcp", "missing_kind", None), ("otp", "unexpected_kind", None),

@@ -92,7 +92,7 @@ def test_check_passes_on_the_reference():
 
 
 def test_check_of_a_captured_layout_reports_violations_and_exits_1(tmp_path):
-    # vllm-ascend's otp groups on DP2 PP2 TP2 (docs/layout.md known divergence), everything else right.
+    # vllm-ascend's otp groups on DP2 PP2 TP2 (docs/systems_under_test.md), everything else right.
     captured = build_layout(ParallelConfig(world_size=8, tp=2, pp=2, dp=2, otp=2))
     captured["otp"] = [[0, 2], [1, 3], [4, 6], [5, 7]]
     path = tmp_path / "live.json"
