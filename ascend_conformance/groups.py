@@ -9,7 +9,7 @@ EPLB reference code all use it the same way::
     initialize_groups(layout)             # every rank, same layout: a collective
     tp = get_tp_group()                   # this rank's TP group
     y = tp.all_reduce(x)                  # sum over the TP group, out of place
-    destroy_groups()                      # also run by the harness after every test
+    destroy_groups()                      # when done (a test harness also calls it after every test)
 
 Two communicators per group
 ---------------------------
@@ -57,7 +57,6 @@ import torch.distributed as dist
 
 from ascend_conformance import platform as platforms
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.harness.context import register_cleanup
 
 # torch 2.13 renamed the tensor forms of all-gather / reduce-scatter (the old names warn); the torch that
 # ships with torch_npu on NPU hosts may predate the new names.
@@ -106,8 +105,8 @@ def _current_device() -> torch.device:
 
 
 def _destroy_if_alive(group) -> None:
-    # The harness destroys every process group a test created before it runs the clean-up hooks, so a
-    # group may already be gone when destroy_groups() runs; destroying it twice raises.
+    # The caller (or a test harness cleaning up after a test) may have destroyed the group already;
+    # destroying it twice raises.
     if group is None or group is dist.GroupMember.NON_GROUP_MEMBER or not dist.is_initialized():
         return
     if group in dist.distributed_c10d._world.pg_map:
@@ -647,13 +646,11 @@ def get_p_tp_group() -> GroupCoordinator:
 
 
 def destroy_groups() -> None:
-    """Destroy every group :func:`initialize_groups` built (idempotent; the harness runs it after
-    every test, so no group outlives the test that made it)."""
+    """Destroy every group :func:`initialize_groups` built (idempotent). A script calls it when done; the
+    pytest harness calls it after every test (``harness/reference_state.py``), so no group outlives the
+    test that made it."""
     global _coordinators
     coordinators, _coordinators = _coordinators, None
     for coordinator in (coordinators or {}).values():
         if coordinator is not None:
             coordinator.destroy()
-
-
-register_cleanup(destroy_groups)

@@ -41,7 +41,7 @@ group can meet the previous one's stale rendezvous keys).
 
 Modules: anything with a tensor ``weight`` (``torch.nn.Linear`` here); :func:`register_vllm_linear` adapts
 a vLLM ``LinearBase`` (layer index from its prefix, quantisation post-processing at set-up) where vllm
-imports. The registry is dropped after every test through the harness clean-up hook.
+imports. :func:`release_all` drops the registry (the pytest harness calls it after every test).
 """
 from __future__ import annotations
 
@@ -52,7 +52,6 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.harness.context import register_cleanup
 
 __all__ = [
     "prefetch_index",
@@ -514,7 +513,7 @@ def release_series(series_name: str) -> None:
 
 
 def release_all() -> None:
-    """Drop every series (the harness runs this after every test)."""
+    """Drop every series: a script calls it when done, the pytest harness after every test."""
     errors = []
     for name in list(_series):
         try:
@@ -526,8 +525,6 @@ def release_all() -> None:
     if errors:
         raise RuntimeError("shared-weight series could not be released: " + "; ".join(errors))
 
-
-register_cleanup(release_all)
 
 
 # --------------------------------------------------------------------------------------------------

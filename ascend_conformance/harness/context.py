@@ -47,15 +47,20 @@ def set_rank_context(context: RankContext | None) -> None:
 
 
 def register_cleanup(hook: Callable[[], None]) -> None:
-    """Run `hook` in every rank after every test (e.g. groups.py destroys the groups it built).
+    """Run `hook` in every rank after every test (e.g. a test module that keeps per-rank state).
 
-    Project modules register their own hook once at import; a hook that raises marks the rank pool
-    unclean, and the pool is replaced before the next test.
+    A module registers its hook once at import; a hook that raises marks the rank pool unclean, and the
+    pool is replaced before the next test. The reference implementation does not register anything
+    (it knows nothing of the harness): :mod:`~ascend_conformance.harness.reference_state` resets it.
     """
     if hook not in _cleanups:
         _cleanups.append(hook)
 
 
 def run_cleanups() -> None:
+    """The registered hooks, then the reference implementation's resets (groups last)."""
+    from ascend_conformance.harness.reference_state import reset_reference_state
+
     for hook in list(_cleanups):
         hook()
+    reset_reference_state()

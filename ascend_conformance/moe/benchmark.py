@@ -66,10 +66,8 @@ def permute_unpermute_on_rank(tokens: int, hidden: int, experts: int, top_k: int
                               warmup: int, copy_bytes: int = 256 << 20) -> dict:
     """Rank function for a world of 1: throughput of every available permute + unpermute variant, timed
     round-robin with a large ``copy_`` (read + write bytes / time: the memory-bandwidth floor)."""
-    from ascend_conformance.harness.context import rank_context
-
-    device = torch.device(rank_context().device)
     groups = moe_groups(ParallelConfig(world_size=1, tp=1, pp=1, dp=1))
+    device = groups.ep.device
     placement = ExpertPlacement.contiguous(experts, 1)
     scenario = Scenario("native_allgather", 1, experts, top_k, tokens, hidden, 1, dtype, seed=0)
     x, ids, weights = (t.to(device) for t in scenario.inputs(0))

@@ -10,7 +10,8 @@ reference layout (``topology.build_layout``) through ``groups.initialize_groups`
 rank calls it — or reuses them when the initialised layout already has these TP / DP / EP / MC2 groups.
 Groups that ``moe_groups`` initialised for another configuration are replaced (a batch of scenarios may
 switch layouts); groups someone else initialised for another layout are left alone (ConfigError).
-The harness destroys every group after each test.
+``groups.destroy_groups()`` ends them; :func:`forget_initialised_groups` drops this module's note of
+which groups it initialised (the pytest harness calls both after every test).
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import torch.distributed as dist
 
 from ascend_conformance import groups as live
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.harness.context import register_cleanup
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 KINDS = ("tp", "dp", "ep", "mc2")
@@ -39,11 +39,9 @@ class MoEGroups:
 _initialised_by_us: dict = {}  # {"world": the world coordinator of groups moe_groups initialised}
 
 
-def _forget() -> None:
+def forget_initialised_groups() -> None:
+    """Forget which groups :func:`moe_groups` initialised (after they were destroyed)."""
     _initialised_by_us.clear()
-
-
-register_cleanup(_forget)
 
 
 def _initialised_matches(layout: dict) -> bool:

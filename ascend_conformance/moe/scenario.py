@@ -207,11 +207,10 @@ class RankSetup:
 
 
 def setup_on_rank(scenario: Scenario) -> RankSetup:
-    """Collective (the DP all-gather of token counts): every rank of the world calls it."""
-    from ascend_conformance.harness.context import rank_context
-
-    device = torch.device(rank_context().device)
+    """Collective (the DP all-gather of token counts): every rank of the world calls it. Tensors go to the
+    device the groups run on (this process's current device)."""
     groups = moe_groups(scenario.config())
+    device = groups.ep.device
     x, topk_ids, topk_weights = scenario.inputs(groups.dp.rank_in_group)
     w13, w2 = scenario.weights()
     ctx = gather_forward_context(x.shape[0], groups.dp, scenario.tp, device)
