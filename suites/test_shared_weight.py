@@ -10,8 +10,9 @@ Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weig
      forward;
   3. weight storage per rank equals (owned layers)*W + (k+1)*W, counted from the storage bytes of every
      live tensor in the rank (gc, deduplicated by data_ptr), and stays there across passes;
-  4. a series starting at layer > 0 run with vllm-ascend's prefetch formula is caught; the correct one
-     passes on the same stack;
+  4. a series starting at layer > 0 run with vllm-ascend's prefetch formula is caught when its prefetch
+     distance (k + start) mod count exceeds k; the correct one passes on the same stack; below k it runs
+     exact and only the measured distance shows the lost overlap (the silent case, e.g. [30, 61), k = 1);
   5. bad registrations are one-line ConfigErrors naming the values; misuse of the protocol is a
      PrefetchError.
 """
