@@ -24,9 +24,10 @@ overlaps the compute of layers ``i .. i + k - 1``. The first ``k`` windows are f
 the ring wraps from one pass to the next without a gap.
 
 vllm-ascend computes the prefetch index as ``(i + k) mod count + start``
-(:func:`defective_prefetch_index`): the same as the correct formula only when ``start mod count == 0``,
-i.e. for the first PP stage. ``index_formula=`` lets the suite run a series with that formula and show
-that the window check catches it.
+(:func:`defective_prefetch_index`): the same as the correct formula only when ``start mod count == 0``
+(the first PP stage, and every stage of an evenly split model). Otherwise it fetches ``(k + start) mod
+count`` layers ahead: more than k trips the window check, fewer runs exact and silently loses overlap
+(docs/shared_weight.md). ``index_formula=`` lets the suite run a series with that formula.
 
 Every rank tracks which layer each window holds; a forward whose window holds another layer raises
 :class:`PrefetchError` on every rank at the same layer (the bookkeeping is identical everywhere), so a
