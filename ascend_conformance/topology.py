@@ -329,7 +329,7 @@ def _shard_weight(config: ParallelConfig) -> list[list[int]]:
 
 
 def _prefill_all_to_all(config: ParallelConfig) -> list[list[int]]:
-    # docs/layout.md phrases p_tp over rows of DP*PCP*TP consecutive ranks viewed as [DP*PCP, nh, R].
+    # vllm-ascend phrases p_tp over rows of DP*PCP*TP consecutive ranks viewed as [DP*PCP, nh, R].
     # Each TP-aligned run of TP consecutive ranks is exactly one TP group (TP is the innermost
     # coordinate), so the same rule reads: inside each TP group T (key e, d, p, c) ...
     ratio = config.pd_tp_ratio
