@@ -29,7 +29,10 @@ from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.moe import (COMPUTING_METHODS, ExpertPlacement, forward_context, mc2_tokens_capacity,
                                     select_method)
-from ascend_conformance.moe.scenario import Scenario, failure_report, run_scenarios, setup_on_rank, summarize
+from ascend_conformance.moe.scenario import Scenario
+from ascend_conformance.moe.scenario_on_rank import run_scenarios, setup_on_rank
+from ascend_conformance.moe.scenario_report import failure_report
+from ascend_conformance.moe.scenario_verdict import summarize
 from ascend_conformance.moe.selection import vllm_ascend_mc2_tokens_capacity
 
 LAYOUTS = [(1, 1, 1), (2, 2, 1), (2, 1, 2), (4, 4, 1), (4, 2, 2), (8, 4, 2)]  # (world, DP, TP)

@@ -28,7 +28,9 @@ from ascend_conformance import platform as platforms
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.moe import AllGather, NativeAllGather
 from ascend_conformance.moe.ops import GoldenOps
-from ascend_conformance.moe.scenario import Scenario, run_on_rank, setup_on_rank, summarize
+from ascend_conformance.moe.scenario import Scenario
+from ascend_conformance.moe.scenario_on_rank import run_on_rank, setup_on_rank
+from ascend_conformance.moe.scenario_verdict import summarize
 
 # Tiny on CPU (8 gloo ranks share 2 cores); on an NPU the real MC2 ops need H in [1024, 8192] (A3) or a
 # multiple of 32 (A2).

@@ -38,7 +38,8 @@ SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from ascend_conformance import groups, shared_weight
     from ascend_conformance.moe import parallel
-    from ascend_conformance.moe.scenario import Scenario, run_on_rank
+    from ascend_conformance.moe.scenario import Scenario
+    from ascend_conformance.moe.scenario_on_rank import run_on_rank
     from ascend_conformance.topology import ParallelConfig, build_layout
 
     dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)

@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from ascend_conformance.harness.leases import default_lease_dir
     from ascend_conformance.harness.pool import RankFailure
     from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
-    from ascend_conformance.moe.scenario import run_scenarios, summarize
+    from ascend_conformance.moe.scenario_on_rank import run_scenarios
+    from ascend_conformance.moe.scenario_verdict import summarize
 
     plat = platforms.require(platforms.get())
     if plat.name == "cpu":

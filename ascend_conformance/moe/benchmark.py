@@ -42,7 +42,8 @@ from ascend_conformance.moe.methods import AllGather, NativeAllGather
 from ascend_conformance.moe.ops import GoldenOps, op_provider
 from ascend_conformance.moe.parallel import moe_groups
 from ascend_conformance.moe.placement import ExpertPlacement
-from ascend_conformance.moe.scenario import DTYPES, Scenario, setup_on_rank
+from ascend_conformance.moe.scenario import DTYPES, Scenario
+from ascend_conformance.moe.scenario_on_rank import setup_on_rank
 from ascend_conformance.topology import ParallelConfig
 
 TARGET_RATIO = 1.3

@@ -1,4 +1,4 @@
-"""One MoE scenario: global inputs from a seed, one method's forward on a world, the dense oracle.
+"""One MoE scenario, as a value: the parallel layout, the seeded global inputs, the repro line.
 
 Shared by the CLI (``python -m ascend_conformance moe``), the suites and the benchmarks. A
 :class:`Scenario` is a small frozen value; everything else derives from it deterministically, on any rank
@@ -13,8 +13,16 @@ and in the parent process alike:
 * the expert placement: ``contiguous`` (no expert_map) or ``scattered`` (a seeded non-contiguous,
   uneven expert_map, ``ExpertPlacement.scattered``).
 
-:func:`run_scenarios` is the rank function (a batch of scenarios in one world run, the same order on every
-rank); :func:`summarize` folds the per-rank results into the JSON-able summary the CLI prints.
+    >>> s = Scenario(method="mc2", world_size=4, dp=2, tp=2, experts=16, top_k=2, tokens=3, hidden=8,
+    ...              intermediate=4, dtype="bfloat16", seed=7, tokens_per_dp=(3, 0), placement="scattered")
+    >>> s.label()
+    'mc2 w4 dp2tp2 E16 K2 n[3,0] H8 I4 bfloat16 scattered s7'
+    >>> [tuple(t.shape) for t in s.inputs(0)]
+    [(3, 8), (3, 2), (3, 2)]
+
+The rest of a run lives next to it: :mod:`~ascend_conformance.moe.scenario_on_rank` runs a scenario in a
+rank of a world, :mod:`~ascend_conformance.moe.scenario_verdict` judges it against the dense oracle and folds
+the ranks' results into one summary, :mod:`~ascend_conformance.moe.scenario_report` formats a failure.
 Every summary carries the one-line repro command (:meth:`Scenario.repro`).
 """
 from __future__ import annotations
@@ -23,17 +31,11 @@ import dataclasses
 import math
 import shlex
 import zlib
-from typing import Any
 
 import torch
 
-from ascend_conformance.tolerance import Kind, assert_close, tolerance
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.moe.context import gather_forward_context
-from ascend_conformance.moe.methods import COMPUTING_METHODS, METHODS, method_class
-from ascend_conformance.moe.mlp import ExpertMLP
-from ascend_conformance.moe.oracle import dense_moe
-from ascend_conformance.moe.parallel import moe_groups
+from ascend_conformance.moe.methods import METHODS
 from ascend_conformance.moe.placement import ExpertPlacement
 from ascend_conformance.topology import ParallelConfig
 
@@ -166,148 +168,3 @@ class Scenario:
         if values.get("tokens_per_dp") is not None:
             values["tokens_per_dp"] = tuple(values["tokens_per_dp"])
         return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------- in a rank
-
-@dataclasses.dataclass
-class RankSetup:
-    """Everything one rank of a scenario holds before the forward: groups, placement, its DP rank's inputs,
-    the global weights and the forward context (built with the DP all-gather of the token counts)."""
-
-    scenario: Scenario
-    device: torch.device
-    groups: Any
-    placement: ExpertPlacement
-    x: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_weights: torch.Tensor
-    w13: torch.Tensor
-    w2: torch.Tensor
-    ctx: Any
-
-    @property
-    def rank(self) -> int:
-        return self.groups.ep.ranks[self.groups.ep.rank_in_group]
-
-    def method(self, name_or_cls, ops=None):
-        cls = method_class(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
-        return cls(self.groups, self.placement, ops=ops, device=self.device)
-
-    def mlp(self, ops) -> ExpertMLP:
-        return ExpertMLP.for_rank(self.w13.to(self.device), self.w2.to(self.device), self.placement,
-                                  self.groups.ep.rank_in_group, ops)
-
-    def inputs_on_device(self):
-        return self.x.to(self.device), self.topk_ids.to(self.device), self.topk_weights.to(self.device)
-
-    def oracle(self) -> torch.Tensor:
-        """float32 [n, H] for this rank's tokens."""
-        return dense_moe(self.x, self.topk_ids, self.topk_weights, self.w13, self.w2)
-
-
-def setup_on_rank(scenario: Scenario) -> RankSetup:
-    """Collective (the DP all-gather of token counts): every rank of the world calls it. Tensors go to the
-    device the groups run on (this process's current device)."""
-    groups = moe_groups(scenario.config())
-    device = groups.ep.device
-    x, topk_ids, topk_weights = scenario.inputs(groups.dp.rank_in_group)
-    w13, w2 = scenario.weights()
-    ctx = gather_forward_context(x.shape[0], groups.dp, scenario.tp, device)
-    if ctx.num_tokens_across_dp != scenario.token_counts():
-        raise AssertionError(f"forward context gathered {list(ctx.num_tokens_across_dp)} tokens per DP rank, the "
-                             f"scenario has {list(scenario.token_counts())}")
-    return RankSetup(scenario, device, groups, scenario.expert_placement(), x, topk_ids, topk_weights, w13, w2, ctx)
-
-
-def run_on_rank(scenario: Scenario, *, keep_tensors: bool = False, method_cls=None, ops=None) -> dict:
-    """Run `scenario` in this rank (collective: every rank of the world calls it) and compare with the
-    dense oracle. Returns this rank's result: tokens, max errors, ``ok`` and the mismatch report; with
-    keep_tensors also x, topk_ids, topk_weights and out (CPU). `method_cls` / `ops` replace the
-    scenario's method class / the op provider (the suites' deliberately broken variants use them)."""
-    setup = setup_on_rank(scenario)
-    method = setup.method(method_cls or scenario.method, ops=ops)
-    out = method.forward(*setup.inputs_on_device(), setup.mlp(method.ops), setup.ctx).cpu()
-    groups = setup.groups
-    result = {"rank": setup.rank, "dp_rank": groups.dp.rank_in_group, "tp_rank": groups.tp.rank_in_group,
-              "tokens": setup.x.shape[0], "ops": method.ops.name}
-    what = f"{scenario.label()} rank {setup.rank}"
-    if scenario.method in COMPUTING_METHODS:
-        result.update(compare_result(out, setup.oracle(), Kind.ACCUMULATED, what))
-    else:  # Dummy keeps shapes and returns the token buffer unchanged
-        result.update(compare_result(out, setup.x, Kind.EXACT, what + " (token buffer)"))
-    if keep_tensors:
-        result["tensors"] = {"x": setup.x, "topk_ids": setup.topk_ids, "topk_weights": setup.topk_weights, "out": out}
-    return result
-
-
-def compare_result(out: torch.Tensor, expected: torch.Tensor, kind: Kind, what: str) -> dict:
-    """Errors against the float32 `expected`; the verdict from the policy on `expected` rounded to out's dtype."""
-    result = {"max_abs_err": 0.0, "max_rel_err": 0.0, "tolerance_used": 0.0, "ok": True, "message": None}
-    if out.shape == expected.shape and out.numel():
-        # A NaN anywhere counts as an infinite error (max() would otherwise skip or propagate it at random).
-        diff = (out.float() - expected.float()).abs().nan_to_num(nan=math.inf)
-        result["max_abs_err"] = float(diff.max())
-        result["max_rel_err"] = float((diff / expected.float().abs().clamp_min(1e-6)).max())
-        rounded = expected.to(out.dtype).float()
-        rtol, atol = tolerance(out.dtype, kind)
-        if rtol or atol:  # share of the allowed error used by the worst element (1.0 = at the limit)
-            used = (out.float() - rounded).abs() / (atol + rtol * rounded.abs())
-            result["tolerance_used"] = float(used.nan_to_num(nan=math.inf).max())
-    try:
-        assert_close(out, expected.to(out.dtype), kind=kind, what=what)
-    except AssertionError as exc:
-        result.update(ok=False, message=str(exc))
-    return result
-
-
-def run_scenarios(scenarios: list[dict], keep_tensors: bool = False) -> list[dict]:
-    """Rank function: every scenario of the batch in order (a world runs many in one call). A scenario that
-    raises is re-raised naming its repro command."""
-    results = []
-    for values in scenarios:
-        scenario = Scenario.from_dict(values)
-        try:
-            results.append(run_on_rank(scenario, keep_tensors=keep_tensors))
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RuntimeError(f"{scenario.label()}: {type(exc).__name__}: {first} | repro: {scenario.repro()}") from exc
-    return results
-
-
-# ------------------------------------------------------------------------------------ in the parent
-
-def summarize(scenario: Scenario, rank_results: list[dict]) -> dict:
-    """The JSON-able summary of one scenario from every rank's result (rank order)."""
-    rtol, atol = tolerance(scenario.torch_dtype, Kind.ACCUMULATED if scenario.method in COMPUTING_METHODS
-                           else Kind.EXACT)
-    failures = [r for r in rank_results if not r["ok"]]
-    return {
-        **scenario.to_dict(),
-        "tokens_per_dp": list(scenario.token_counts()),
-        "expert_placement": scenario.expert_placement().describe(),
-        "ops": rank_results[0]["ops"] if rank_results else None,
-        "oracle": "dense float32" if scenario.method in COMPUTING_METHODS else "input (dummy keeps the token buffer)",
-        "max_abs_err": _json_number(max((r["max_abs_err"] for r in rank_results), default=0.0)),
-        "max_rel_err": _json_number(max((r["max_rel_err"] for r in rank_results), default=0.0)),
-        "tolerance_used": _json_number(max((r["tolerance_used"] for r in rank_results), default=0.0)),
-        "rtol": rtol,
-        "atol": atol,
-        "ok": not failures,
-        "failing_ranks": [r["rank"] for r in failures],
-        "first_failure": failures[0]["message"] if failures else None,
-        "repro": scenario.repro(),
-    }
-
-
-def _json_number(value: float):
-    """The value, or the string "inf" for a non-finite error (strict JSON has no Infinity)."""
-    return value if math.isfinite(value) else "inf"
-
-
-def failure_report(summary: dict) -> str:
-    """What a failing test prints for one scenario: the verdict, the first mismatch table, the repro."""
-    return (f"{summary['method']} world {summary['world_size']} dp{summary['dp']} tp{summary['tp']} "
-            f"tokens_per_dp {summary['tokens_per_dp']}: ranks {summary['failing_ranks']} exceed rtol "
-            f"{summary['rtol']:g} atol {summary['atol']:g} (max abs err {summary['max_abs_err']})\n"
-            f"{summary['first_failure']}\nrepro: {summary['repro']}")
