@@ -18,6 +18,7 @@ import os
 import random
 import re
 import signal
+import tempfile
 import time
 
 import pytest
@@ -359,3 +360,117 @@ def test_leases_and_the_gate_of_a_sigkilled_process_are_released(tmp_path, procs
     with manager.acquire(SLOTS, 5.0) as lease:
         assert lease.devices == tuple(range(SLOTS))
     assert time.monotonic() - began < 1.0, "the dead holder's lease was not released at once"
+
+
+# --- host-wide leases across users ----------------------------------------------------------------------
+def test_the_default_accelerator_lease_dir_is_one_path_for_every_user(monkeypatch, tmp_path):
+    from ascend_conformance.harness.leases import default_lease_dir
+
+    seen = set()
+    for uid, tmpdir in ((0, None), (4242, str(tmp_path / "tmp-of-4242")), (4243, "/var/tmp")):
+        monkeypatch.setattr(os, "getuid", lambda uid=uid: uid)
+        if tmpdir:
+            monkeypatch.setenv("TMPDIR", tmpdir)
+        else:
+            monkeypatch.delenv("TMPDIR", raising=False)
+        monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+        seen.add(default_lease_dir("npu"))
+    assert seen == {"/tmp/ascend-conformance-leases-npu"}, \
+        f"users with other uids or TMPDIRs must share one lease directory per host: {sorted(seen)}"
+
+
+USER_A, USER_B = 4242, 4243  # not 65534: filelock treats the overflow uid as ambiguous
+
+
+def _become(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def _user_holds_a_lease(uid, lock_dir, held, release, reply):
+    """As `uid`, with a strict umask: create the lease directory, hold 2 devices until `release`."""
+    try:
+        _become(uid)
+        os.umask(0o077)
+        with LeaseManager(lock_dir, range(SLOTS)).acquire(2, 10.0, who="user A: ") as lease:
+            reply.send(("held", list(lease.devices)))
+            held.set()
+            release.wait(60)
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        reply.send(("error", f"{type(exc).__name__}: {exc}"))
+        held.set()
+
+
+def _user_tries_leases(uid, lock_dir, reply):
+    """As another user: all 8 devices (must time out on the 2 held), then 2 devices (must succeed)."""
+    try:
+        _become(uid)
+        os.umask(0o077)
+        manager = LeaseManager(lock_dir, range(SLOTS))
+        try:
+            manager.acquire(SLOTS, 0.5, who="user B: ")
+            all_eight = "granted"
+        except LeaseTimeout as exc:
+            all_eight = str(exc)
+        with manager.acquire(2, 5.0, who="user B: ") as lease:
+            two = list(lease.devices)
+        reply.send(("ok", all_eight, two))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        reply.send(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+@pytest.fixture
+def sticky_root():
+    """A directory like /tmp (root's, mode 1777) that other users can reach; tmp_path is private."""
+    root = tempfile.mkdtemp(prefix="ascend-conformance-users-", dir="/tmp")
+    os.chmod(root, 0o1777)
+    try:
+        yield root
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two other users (setuid)")
+def test_two_users_exclude_each_other_through_a_lease_dir_one_of_them_created(sticky_root):
+    lock_dir = os.path.join(sticky_root, "ascend-conformance-leases-npu")
+    # Load everything the forked children need while this process can still read its installation:
+    # after setuid they cannot (the interpreter lives under a private home).
+    with LeaseManager(os.path.join(sticky_root, "warm-up"), range(SLOTS)).acquire(1, 5.0):
+        pass
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    a_end, a_reply = fork.Pipe(duplex=False)
+    b_end, b_reply = fork.Pipe(duplex=False)
+    user_a = fork.Process(target=_user_holds_a_lease, args=(USER_A, lock_dir, held, release, a_reply), daemon=True)
+    user_b = fork.Process(target=_user_tries_leases, args=(USER_B, lock_dir, b_reply), daemon=True)
+    try:
+        user_a.start()
+        assert held.wait(START_TIMEOUT), "user A never took its lease"
+        assert a_end.poll(5)
+        assert a_end.recv() == ("held", [0, 1])
+
+        info = os.stat(lock_dir)
+        assert (info.st_uid, oct(info.st_mode & 0o7777)) == (USER_A, oct(0o1777)), \
+            "the lease directory must be sticky and world-writable, like /tmp"
+        for name in os.listdir(lock_dir):
+            entry = os.stat(os.path.join(lock_dir, name))
+            assert (entry.st_uid, oct(entry.st_mode & 0o777)) == (USER_A, oct(0o666)), \
+                f"{name}: every file belongs to the directory's owner and any user may lock it"
+
+        user_b.start()
+        assert b_end.poll(START_TIMEOUT), "user B did not answer"
+        status, all_eight, two = b_end.recv()
+        assert status == "ok", f"user B could not use user A's lease directory: {all_eight}"
+        assert all_eight.startswith("user B: waited") and "busy: [0, 1]" in all_eight, \
+            f"user B must wait for the 2 devices user A holds: {all_eight}"
+        assert two == [2, 3], f"user B must get 2 of the devices user A does not hold: {two}"
+    finally:
+        release.set()
+        for proc in (user_a, user_b):
+            if proc.pid is not None:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()

@@ -35,7 +35,8 @@ def broken_torch_npu(tmp_path):
     return str(tmp_path)
 
 
-def test_cpu_is_detected_without_accelerators():
+def test_cpu_is_detected_without_accelerators(monkeypatch):
+    monkeypatch.delenv(platforms.PLATFORM_ENV, raising=False)  # tests/conftest.py pins cpu: detect for real
     if platforms.NpuPlatform().unavailable_reason() is None or torch.cuda.is_available():
         pytest.skip("this host has an accelerator")
     plat = platforms.detect()
@@ -77,28 +78,21 @@ def test_forced_npu_platform_skips_multi_rank_tests_with_the_reason(pytester, mo
     result.stdout.fnmatch_lines(["*platform npu unavailable: torch_npu not importable: libhccl.so*"])
 
 
-def test_hccl_port_ranges_of_concurrent_worlds_never_meet(tmp_path):
-    """Every (xdist worker, first leased device) gets ports no other one gets, in all three variables."""
-    from ascend_conformance.harness.world import WorldOptions, WorldRunner
-
+def test_hccl_port_blocks_never_meet():
+    """Every port block (one per live warm pool of the host, tests/test_warm_ranks.py) gets ports no
+    other one gets, in all three variables."""
     owner = {}
-    for worker in range(16):
-        runner = WorldRunner(WorldOptions(platform=platforms.NpuPlatform(), physical_ids=tuple(range(32)),
-                                          lease_dir=str(tmp_path / "leases"), log_root=str(tmp_path),
-                                          worker_index=worker))
-        for first in range(32):
-            env = runner.rank_environment((first,))
-            ports = {int(env["HCCL_IF_BASE_PORT"]) + i for i in range(16)}  # HCCL uses 16 from the base
-            for name in ("HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE"):
-                lo, hi = map(int, env[name].split("-"))
-                ports |= set(range(lo, hi + 1))
-            for port in ports:
-                assert port not in owner, f"port {port} of (worker {worker}, device {first}) also {owner[port]}"
-                owner[port] = (worker, first)
+    for block in range(platforms.PORT_BLOCKS):
+        env = platforms.NpuPlatform().rank_environment([0], block, 30000)
+        ports = {int(env["HCCL_IF_BASE_PORT"]) + i for i in range(16)}  # HCCL uses 16 from the base
+        for name in ("HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE"):
+            lo, hi = map(int, env[name].split("-"))
+            ports |= set(range(lo, hi + 1))
+        for port in ports:
+            assert port not in owner, f"port {port} of block {block} also in block {owner[port]}"
+            owner[port] = block
     assert max(owner) < 30000 + platforms.PORT_SPAN <= 65536
-    with pytest.raises(ConfigError, match="no HCCL port block for xdist worker 16 on device 0"):
-        WorldRunner(WorldOptions(platform=platforms.NpuPlatform(), physical_ids=(0,), lease_dir=str(tmp_path),
-                                 log_root=str(tmp_path), worker_index=16)).rank_environment((0,))
+
 
 def test_cpu_peak_memory_is_measured_from_allocations():
     plat = platforms.CpuPlatform()
@@ -138,14 +132,13 @@ def test_outer_visible_devices_mask_is_respected(monkeypatch, tmp_path):
     ids = physical_device_ids(npu, cpu_slots=8)
     assert ids == (2, 3, 5, 7)
     runner = WorldRunner(WorldOptions(platform=npu, physical_ids=ids, lease_dir=str(tmp_path / "leases"),
-                                      log_root=str(tmp_path / "logs"), worker_index=1))
+                                      log_root=str(tmp_path / "logs")))
     # leases come from the mask only, and ranks see exactly their leased devices
     assert runner.leases.candidate_sets(2) == [(2, 3), (5, 7)]
     with runner.leases.acquire(2, timeout=1, preferred=[(5, 7)]) as lease:
         assert lease.devices == (5, 7)
-        env = runner.rank_environment(lease.devices)
+        env = runner.rank_environment(lease.devices, port_block=3)
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "5,7"
-    assert env["HCCL_IF_BASE_PORT"] != runner.rank_environment((2, 3))["HCCL_IF_BASE_PORT"]
 
 
 def test_npu_platform_imports_torch_npu_before_using_the_device(tmp_path):

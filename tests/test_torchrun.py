@@ -44,6 +44,7 @@ def _torchrun_unavailable() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_torchrun_unavailable() is not None, reason=str(_torchrun_unavailable()))
+pytest_plugins = ["pytester"]
 
 INNER_TESTS = '''
 import json
@@ -269,3 +270,89 @@ def _properties(result: TorchrunResult, test_name: str) -> dict:
         if case.get("name") == test_name:
             return {prop.get("name"): prop.get("value") for prop in case.iter("property")}
     raise AssertionError(f"{test_name} not in the junit file")
+
+
+# --- when torchrun mode switches on ---------------------------------------------------------------------
+POD = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}  # Volcano / k8s
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({}, False),  # a Kubernetes / Volcano pod: RANK and WORLD_SIZE for every process
+    ({"TORCHELASTIC_RUN_ID": "job-1"}, True),
+    ({"LOCAL_WORLD_SIZE": "8"}, True),
+    ({"GROUP_RANK": "0"}, True),
+])
+def test_torchrun_mode_needs_torchrun_s_own_variables(extra, expected):
+    from ascend_conformance.harness.torchrun import launched_by_torchrun
+
+    assert launched_by_torchrun({**POD, **extra}) is expected
+    assert launched_by_torchrun(extra) is False, "without RANK / WORLD_SIZE there is no launched world"
+
+
+POD_TESTS = '''
+import os
+
+
+def pid():
+    return os.getpid()
+
+
+def test_pool(world):
+    pids = world(2).run(pid)
+    assert len(set(pids)) == 2 and os.getpid() not in pids, "the world must come from a warm pool"
+'''
+
+
+def _pytest_env(monkeypatch, variables: dict) -> None:
+    for name in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "GROUP_RANK", "LOCAL_RANK", "PYTEST_XDIST_WORKER",
+                 "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_pod_with_rank_and_world_size_runs_warm_pools_and_writes_its_results(pytester, monkeypatch, tmp_path):
+    _pytest_env(monkeypatch, POD)
+    pytester.makepyfile(test_pod=POD_TESTS)
+    results = tmp_path / "results"
+    result = pytester.runpytest_subprocess("--platform", "cpu", f"--results-dir={results}", "-rs")
+    result.assert_outcomes(passed=1)
+    assert any(name.endswith(".jsonl") for name in os.listdir(results)), \
+        "a pod's RANK=1 must not turn the results off as a torchrun rank other than 0 would"
+
+
+IN_PLACE_TESTS = '''
+import os
+
+
+def pid():
+    return os.getpid()
+
+
+def test_in_place(world):
+    assert world(1).run(pid) == [os.getpid()], "under --torchrun the world is this process"
+'''
+
+
+def test_explicit_torchrun_option_uses_the_launched_world(pytester, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a free port for the one-rank env:// rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _pytest_env(monkeypatch, {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    pytester.makepyfile(test_launched=IN_PLACE_TESTS)
+    result = pytester.runpytest_subprocess("--platform", "cpu", "--torchrun", "--results-dir=")
+    result.assert_outcomes(passed=1)
+
+
+def test_explicit_torchrun_option_without_a_launched_world_is_a_usage_error(pytester, monkeypatch):
+    _pytest_env(monkeypatch, {"RANK": "0", "WORLD_SIZE": "2"})
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("--torchrun")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert errors == ["ERROR: --torchrun needs RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment "
+                      "(set by the launcher); missing: MASTER_ADDR, MASTER_PORT"], result.stderr.lines

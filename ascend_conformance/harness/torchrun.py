@@ -1,4 +1,11 @@
-"""torchrun mode: pytest itself is one rank of a launched world (RANK / WORLD_SIZE set).
+"""torchrun mode: pytest itself is one rank of a launched world.
+
+The mode switches on when torchrun's own variables are present (``TORCHELASTIC_RUN_ID``,
+``LOCAL_WORLD_SIZE`` or ``GROUP_RANK``, which torch.distributed.run sets for every worker) next to
+``RANK`` / ``WORLD_SIZE``, or when pytest is given ``--torchrun``. ``RANK`` / ``WORLD_SIZE`` alone do not
+switch it on: Kubernetes / Volcano job pods set them for every process, and such a pod runs warm pools
+as usual. ``--torchrun`` is for other launchers that set ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` themselves.
 
 This is the multi-node path: ``torchrun --nnodes 2 --nproc-per-node 8 -m pytest suites/`` runs the same
 tests on every rank; ``world(n).run(fn)`` with n == WORLD_SIZE runs `fn` in place on every rank and
@@ -21,8 +28,33 @@ from ascend_conformance.harness.world import RanksSkipped
 from ascend_conformance.platform import Platform
 
 
+# Set by torch.distributed.run (torchrun) for every worker, and not by job schedulers.
+TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+# What the launched world needs, whoever launched it (the env:// rendezvous of init_process_group).
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+_explicit = False  # pytest --torchrun
+
+
 def launched_by_torchrun(environ=os.environ) -> bool:
-    return "RANK" in environ and "WORLD_SIZE" in environ
+    """True when this process is one rank of a launched world: torchrun's own variables are set (or
+    --torchrun was given) next to RANK / WORLD_SIZE."""
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return False
+    return _explicit or any(name in environ for name in TORCHRUN_VARIABLES)
+
+
+def use_launched_world(environ=os.environ) -> None:
+    """--torchrun: treat this process as a rank of the launched world; ConfigError (one line) when the
+    launcher's variables are missing."""
+    global _explicit
+    missing = [name for name in LAUNCH_VARIABLES if not environ.get(name)]
+    if missing:
+        from ascend_conformance.errors import ConfigError
+
+        raise ConfigError(f"--torchrun needs {', '.join(LAUNCH_VARIABLES)} in the environment (set by the launcher); "
+                          f"missing: {', '.join(missing)}")
+    _explicit = True
 
 
 class TorchrunRunner:

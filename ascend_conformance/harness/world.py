@@ -2,11 +2,15 @@
 
 ``WorldRunner.run(n, fn, ...)``:
   1. lease n devices, preferring the device set of a warm n-rank pool (so the pool is reused);
-  2. reuse that pool, or start one (evicting least-recently-used idle pools beyond ``max_warm_ranks``);
+  2. reuse that pool, or start one: first make room on the host's register of warm ranks
+     (harness/warm_ranks.py: stop this runner's least recently used pools, or wait while other
+     runners stop theirs), which also gives the new pool its own HCCL port block;
   3. run, release the lease, and drop the pool if the run left it unhealthy.
 
 Idle pools keep no lease: another xdist worker may run on the same devices meanwhile. On accelerator
-hosts an idle rank still holds its device context; ``--max-warm-ranks`` bounds how many do.
+hosts an idle rank still holds its device context; ``--max-warm-ranks`` bounds how many do on the host
+(default: the number of devices; 32 on cpu). A daemon thread per runner stops this runner's idle pools
+when another runner on the host waits for room; a lock keeps it away from a pool while it runs.
 """
 from __future__ import annotations
 
@@ -14,14 +18,19 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import threading
+import time
 from typing import Callable, Iterator
 
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
 from ascend_conformance.harness.pool import PoolConfig, RankFailure, RankPool, _SkipAll
-from ascend_conformance.platform import PORT_BLOCKS, Platform
+from ascend_conformance.harness.warm_ranks import WarmPool, WarmRegister
+from ascend_conformance.platform import Platform
 
-DEVICES_PER_WORKER_BLOCK = 32
+CPU_MAX_WARM_RANKS = 32  # cpu ranks hold only host memory: room for two xdist workers' 2-, 4- and 8-rank pools
+ROOM_POLL_SECONDS = 0.05  # how often a runner waiting for room looks at the register
+TRIM_POLL_SECONDS = 0.2  # how often a runner with warm pools looks for others waiting for room
 
 
 class RanksSkipped(Exception):
@@ -35,11 +44,18 @@ class WorldOptions:
     lease_dir: str
     log_root: str
     rank_timeout: float = 300.0
-    lease_timeout: float = 900.0
-    max_warm_ranks: int = 16
+    lease_timeout: float = 900.0  # also bounds the wait for room among the host's warm ranks
+    max_warm_ranks: int | None = None  # on the host (the lease directory); None: default_max_warm_ranks
     port_base: int = 30000
-    worker_index: int = 0  # xdist worker number: keeps HCCL port blocks of concurrent workers apart
     failure_grace: float = 3.0
+
+
+def default_max_warm_ranks(platform: Platform, physical_ids: tuple) -> int:
+    """Accelerators: one warm rank per device this process may use (each holds a device context);
+    cpu: CPU_MAX_WARM_RANKS."""
+    if platform.name == "cpu":
+        return CPU_MAX_WARM_RANKS
+    return max(1, len(physical_ids))
 
 
 def physical_device_ids(platform: Platform, cpu_slots: int) -> tuple:
@@ -56,8 +72,15 @@ class WorldRunner:
     def __init__(self, options: WorldOptions):
         self.options = options
         self.leases = LeaseManager(options.lease_dir, options.physical_ids)
+        self.register = WarmRegister(options.lease_dir)
+        self.max_warm_ranks = options.max_warm_ranks or default_max_warm_ranks(options.platform,
+                                                                               options.physical_ids)
         self.pools: dict = {}
+        self._warm: dict[tuple, WarmPool] = {}  # pool key -> its register entry
         self._pool_count = 0
+        self._lock = threading.Lock()  # pools are used (run, started, stopped) by one thread at a time
+        self._stopping = threading.Event()
+        self._trimmer: threading.Thread | None = None
 
     def skip_reason(self, n: int) -> str | None:
         """Why a world of n ranks cannot run here (decided before anything is spawned), or None."""
@@ -87,69 +110,153 @@ class WorldRunner:
         preferred = [key[1] for key, pool in self._pools_by_recency() if key[0] == n and pool.healthy]
         lease = self.leases.acquire(n, self.options.lease_timeout, preferred, who=f"{test_id}: ")
         try:
-            pool = self._pool_for(n, lease.devices)
-            try:
-                return pool.run(fn, args, kwargs, test_id, timeout or self.options.rank_timeout)
-            except _SkipAll as skip:
-                raise RanksSkipped(skip.reason) from None
-            finally:
-                if not pool.healthy:
-                    self.pools.pop(pool.key, None)
+            # Not held while waiting for the lease: the trimmer may stop idle pools for others meanwhile.
+            with self._lock:
+                pool = self._pool_for(n, lease.devices, who=f"{test_id}: ")
+                try:
+                    return pool.run(fn, args, kwargs, test_id, timeout or self.options.rank_timeout)
+                except _SkipAll as skip:
+                    raise RanksSkipped(skip.reason) from None
+                finally:
+                    if not pool.healthy:
+                        self._drop(pool.key)
         finally:
             lease.release()
 
     def _pools_by_recency(self):
-        return sorted(self.pools.items(), key=lambda item: -item[1].last_used)
+        return sorted(list(self.pools.items()), key=lambda item: -item[1].last_used)
 
-    def _pool_for(self, n: int, devices: tuple) -> RankPool:
+    def _pool_for(self, n: int, devices: tuple, who: str = "") -> RankPool:
         pool = self.pools.get((n, devices))
         if pool is not None and pool.healthy:
             return pool
-        self._evict_for(n)
-        self._pool_count += 1
-        plat = self.options.platform
-        env = self.rank_environment(devices)
-        log_dir = os.path.join(self.options.log_root,
-                               f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}")
-        pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
-                                      failure_grace=self.options.failure_grace)).start()
+        if pool is not None:
+            self._drop(pool.key)
+        warm = self._make_room(n, devices, who)
+        try:
+            self._pool_count += 1
+            plat = self.options.platform
+            env = self.rank_environment(devices, warm.port_block)
+            log_dir = os.path.join(self.options.log_root,
+                                   f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}")
+            pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
+                                          failure_grace=self.options.failure_grace)).start()
+        except BaseException:
+            self.register.release(warm.key)
+            raise
         self.pools[pool.key] = pool
+        self._warm[pool.key] = warm
+        self._start_trimmer()
         return pool
 
-    def rank_environment(self, devices: tuple) -> dict:
+    def rank_environment(self, devices: tuple, port_block: int) -> dict:
         """Variables every rank of a pool on `devices` gets before touching the device runtime.
 
         The visible-devices mask lists exactly the leased physical ids, so rank r binds local device r
         (e.g. lease (4, 5, 6, 7): rank 3 sees ``ASCEND_RT_VISIBLE_DEVICES=4,5,6,7`` and uses npu:3).
-        HCCL ports come in a block per (xdist worker, first leased device): leases are exclusive, so
-        blocks of concurrent worlds on one host are disjoint.
+        HCCL ports come from `port_block`, which the pool holds on the host's register for its whole
+        life (warm_ranks.py), so no two live pools of the host share a port.
         """
         plat = self.options.platform
         env = {}
         if plat.visible_devices_env:
             env[plat.visible_devices_env] = ",".join(str(d) for d in devices)
-        block = self.options.worker_index * DEVICES_PER_WORKER_BLOCK + min(devices)
-        if min(devices) >= DEVICES_PER_WORKER_BLOCK or block >= PORT_BLOCKS:
-            raise ConfigError(f"no HCCL port block for xdist worker {self.options.worker_index} on device "
-                              f"{min(devices)}: blocks cover {PORT_BLOCKS // DEVICES_PER_WORKER_BLOCK} workers x "
-                              f"{DEVICES_PER_WORKER_BLOCK} devices")
-        env.update(plat.rank_environment(list(devices), block, self.options.port_base))
+        env.update(plat.rank_environment(list(devices), port_block, self.options.port_base))
         return env
 
-    def _evict_for(self, n: int) -> None:
-        while self.pools and sum(p.n for p in self.pools.values()) + n > self.options.max_warm_ranks:
-            key, oldest = min(self.pools.items(), key=lambda item: item[1].last_used)
-            oldest.shutdown()
-            del self.pools[key]
+    # --- the host's bound on warm ranks ---------------------------------------------------------------
+    def _make_room(self, n: int, devices: tuple, who: str) -> WarmPool:
+        """Register a new n-rank pool once it fits the host's bound: stop this runner's least recently
+        used pools first; if they are not enough, wait (up to --lease-timeout) while others stop theirs."""
+        bound = self.max_warm_ranks
+        deadline = time.monotonic() + self.options.lease_timeout
+        try:
+            while True:
+                with self.register.transaction() as state:
+                    excess = state.excess(n, bound)
+                    if not excess:
+                        return state.add(self.register.new_key(), n, devices)
+                    victims = self._least_recently_used(excess)
+                    if not victims:
+                        state.wait_for(n, bound)
+                        held = state.describe()
+                for key in victims:
+                    self._drop(key)
+                if victims:
+                    continue
+                if time.monotonic() >= deadline:
+                    raise LeaseTimeout(f"{who}waited {self.options.lease_timeout:.0f}s for room to keep {n} more "
+                                       f"ranks warm: the host's bound is {bound} (--max-warm-ranks) and these "
+                                       f"processes hold warm ranks: {held} (lock dir {self.leases.lock_dir})")
+                time.sleep(ROOM_POLL_SECONDS)
+        except BaseException:
+            with self.register.transaction() as state:
+                state.stop_waiting()
+            raise
+
+    def _least_recently_used(self, excess: int) -> list[tuple]:
+        """Keys of this runner's pools, least recently used first, with at least `excess` ranks in all
+        (every pool when they have fewer)."""
+        victims, freed = [], 0
+        for key, pool in sorted(list(self.pools.items()), key=lambda item: item[1].last_used):
+            if freed >= excess:
+                break
+            victims.append(key)
+            freed += pool.n
+        return victims
+
+    def _drop(self, key: tuple) -> None:
+        """Stop the pool (a no-op for one that already killed itself) and take it off the register."""
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            pool.shutdown()
+        warm = self._warm.pop(key, None)
+        if warm is not None:
+            self.register.release(warm.key)
+
+    def _start_trimmer(self) -> None:
+        if self._trimmer is None:
+            self._trimmer = threading.Thread(target=self._trim_loop, name="ascend-conformance-warm-trimmer",
+                                             daemon=True)
+            self._trimmer.start()
+
+    def _trim_loop(self) -> None:
+        while not self._stopping.wait(TRIM_POLL_SECONDS):
+            if self.pools:
+                try:
+                    self.trim_for_others()
+                except OSError:
+                    pass  # the register is unreachable for now; the next round tries again
+
+    def trim_for_others(self) -> int:
+        """Stop this runner's least recently used idle pools while another runner waits for room;
+        returns how many pools were stopped."""
+        with self.register.transaction() as state:
+            if not state.excess_for_others():
+                return 0
+        if not self._lock.acquire(timeout=1.0):  # a run is in progress: its pool is not idle
+            return 0
+        try:
+            with self.register.transaction() as state:
+                victims = self._least_recently_used(state.excess_for_others())
+            for key in victims:
+                self._drop(key)
+            return len(victims)
+        finally:
+            self._lock.release()
 
     def shutdown(self) -> None:
-        for pool in list(self.pools.values()):
-            pool.shutdown()
-        self.pools.clear()
+        self._stopping.set()
+        if self._trimmer is not None and self._trimmer is not threading.current_thread():
+            self._trimmer.join()
+        with self._lock:
+            for key in list(self.pools):
+                self._drop(key)
+            self.register.release_all()
 
     @property
     def rank_pids(self) -> list[int]:
-        return [pid for pool in self.pools.values() for pid in pool.pids]
+        return [pid for pool in list(self.pools.values()) for pid in pool.pids]
 
 
 def _check_shippable(fn: Callable) -> None:
@@ -162,7 +269,7 @@ def _check_shippable(fn: Callable) -> None:
 
 
 @contextlib.contextmanager
-def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, max_warm_ranks: int = 16,
+def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, max_warm_ranks: int | None = None,
                       platform: Platform | None = None) -> Iterator[WorldRunner]:
     """A WorldRunner for code outside pytest (benchmark scripts, the CLI): the detected platform, the
     host-wide lease directory (so a benchmark never shares a device with a running test session), rank

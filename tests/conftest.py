@@ -1,0 +1,50 @@
+"""The self-tests run on the cpu platform on every host; the conformance suites (suites/) keep the
+detected one.
+
+The harness's own tests check gloo worlds, lease slots and rank output that only the cpu platform
+gives on any machine; on an NPU host the detected platform would be npu. So, for tests under tests/
+only (this conftest's scope), and also when one session runs tests/ and suites/ together (`make test`):
+- ``world_runner`` (and so ``world``) is a cpu runner of its own, next to the session's detected one;
+- each test sees ``platform.get()`` as cpu and has ``ASCEND_CONFORMANCE_PLATFORM=cpu`` in its
+  environment, so pytest sessions, CLI calls and scripts it starts run on cpu too (a test that wants
+  another platform passes ``--platform`` or sets the variable itself).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from ascend_conformance import platform as platforms
+
+SELF_TEST_PLATFORM = "cpu"
+
+
+def _plugin():
+    # The plugin module as loaded (installed entry point or the checkout's fixtures/), not a second copy.
+    return sys.modules.get("ascend_conformance_fixtures.plugin") or importlib.import_module("fixtures.plugin")
+
+
+def _cpu_platform(config) -> platforms.Platform:
+    plat = platforms.by_name(SELF_TEST_PLATFORM)
+    plat.slots = config.getoption("--devices")
+    return plat
+
+
+@pytest.fixture(scope="session")
+def world_runner(request, tmp_path_factory):
+    runner = _plugin().make_world_runner(request.config, tmp_path_factory, _cpu_platform(request.config))
+    yield runner
+    runner.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _self_tests_run_on_cpu(request, monkeypatch):
+    previous = platforms.get()  # the session's (detected) platform, given back to suites/ afterwards
+    monkeypatch.setenv(platforms.PLATFORM_ENV, SELF_TEST_PLATFORM)
+    platforms.set_current(_cpu_platform(request.config))
+    try:
+        yield
+    finally:
+        platforms.set_current(previous)
