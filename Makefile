@@ -44,7 +44,8 @@ REPORT = $(PYTHON) -m ascend_conformance report --results $(REPORTS)/results --o
 report: setup
 	$(REPORT)
 
-# The self-tests of the harness and tools, then the CPU conformance run.
+# The self-tests of the harness and tools (on cpu on every host: tests/conftest.py), then the conformance
+# run on the detected platform.
 test: setup
 	$(PYTEST) tests/ suites/ -n $(WORKERS)
 
