@@ -88,3 +88,22 @@ register_cleanup(_LEFT_BEHIND.clear)
 
 def return_unpicklable():
     return lambda: None
+
+
+def hold_memory_then_sigkill(rank, megabytes, seconds):
+    """`rank` holds `megabytes` of touched memory for `seconds`, then dies of SIGKILL as an OOM kill would."""
+    if rank_context().rank == rank:
+        block = torch.ones(megabytes * (1 << 20) // 4)
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+        del block
+    dist.barrier()
+
+
+def count_oom_kill_then_sigkill(rank, counter_file):
+    """`rank` plays the kernel's OOM killer: bumps the oom_kill counter in `counter_file`, then dies of SIGKILL."""
+    if rank_context().rank == rank:
+        with open(counter_file, "w") as handle:
+            handle.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()

@@ -2,7 +2,8 @@
 
 Covers a clean WorldRunner.shutdown(), pools dropped after a failure or evicted, a parent SIGKILLed
 while it holds a warm 4-rank pool, a whole pytest run, and a pytest run interrupted by SIGINT (to the
-pytest process alone, and to its process group as a terminal's Ctrl-C does).
+pytest process alone, and to its process group as a terminal's Ctrl-C does). The processes a test
+starts inside a rank (a `sleep` here) go with their rank in every one of those cases.
 
 A process counts as gone when it no longer exists, is a zombie, or its pid now belongs to a process
 with another start time (pid reuse).
@@ -111,6 +112,15 @@ def echo(tag):
     return "echo", tag, rank_context().rank
 
 
+_CHILDREN = []  # keeps the Popen objects (and so the children) alive in the rank
+
+
+def start_child():
+    """What a test may do in a rank: start a process (a server under test, a helper) and leave it running."""
+    _CHILDREN.append(subprocess.Popen(["sleep", "300"]))
+    return os.getpid(), _CHILDREN[-1].pid
+
+
 @pytest.fixture
 def runner(tmp_path):
     created = []
@@ -158,13 +168,31 @@ def test_a_failed_pool_and_an_evicted_pool_leave_no_rank(runner):
     world.shutdown()
 
 
+def test_children_a_rank_started_die_with_its_pool(runner):
+    world = runner()
+    started = world.run(2, start_child, (), {}, "orphans::child-then-failure")
+    children = [_identity(child) for _, child in started]
+    assert all(_alive(c) for c in children)
+    with pytest.raises(AssertionError, match="rank 1 of 2 raised"):
+        world.run(2, fail_on_rank_1, (), {}, "orphans::failure-kills-pool")
+    _assert_all_gone(children, within=GONE_WITHIN, what="children of ranks of a pool killed after a failure")
+
+    children = [_identity(child) for _, child in world.run(2, start_child, (), {}, "orphans::child-then-shutdown")]
+    world.shutdown()
+    _assert_all_gone(children, within=GONE_WITHIN, what="children of ranks after WorldRunner.shutdown()")
+
+
 # --- (b) the parent is SIGKILLed while it holds a warm 4-rank pool --------------------------------------
 NOOP_MODULE = '''
 import os
+import subprocess
 import time
+
+_CHILDREN = []
 
 
 def noop():
+    _CHILDREN.append(subprocess.Popen(["sleep", "300"]))  # a process the test started in the rank
     return os.getpid()
 
 
@@ -195,10 +223,13 @@ def main():
                                       log_root=log_root, rank_timeout=60.0, lease_timeout=60.0))
     results = runner.run(4, orphan_noop.noop, (), {}, "orphans::parent-killed")
     descendants = []
+    ranks = set(runner.rank_pids)
     for proc in psutil.Process().children(recursive=True):
         cmdline = " ".join(proc.cmdline())
-        role = ("rank" if proc.pid in runner.rank_pids else
-                "forkserver" if "multiprocessing.forkserver" in cmdline else
+        role = ("rank" if proc.pid in ranks else
+                "rank-reaper" if proc.ppid() in ranks and proc.name() == "rank-reaper" else
+                "rank-child" if proc.ppid() in ranks and cmdline.startswith("sleep") else
+                "forkserver" if "multiprocessing.forkserver" in cmdline and proc.ppid() == os.getpid() else
                 "resource_tracker" if "resource_tracker" in cmdline else "other")
         descendants.append({"pid": proc.pid, "create_time": proc.create_time(), "role": role,
                             "cmdline": cmdline[:160]})
@@ -256,6 +287,7 @@ def test_ranks_and_forkserver_die_when_the_parent_is_sigkilled(tmp_path, state):
         descendants = report["descendants"]
         roles = [d["role"] for d in descendants]
         assert roles.count("rank") == 4 and roles.count("forkserver") == 1, f"unexpected process tree: {descendants}"
+        assert roles.count("rank-child") == 4, f"each rank's sleep should be there: {descendants}"
         assert all(_alive(d) for d in descendants)
         if state == "busy":
             _wait_for(lambda: len(os.listdir(markers)) >= 4, 30, "all 4 ranks to enter the blocking function")
@@ -264,7 +296,8 @@ def test_ranks_and_forkserver_die_when_the_parent_is_sigkilled(tmp_path, state):
         proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
         _assert_all_gone(descendants, within=GONE_WITHIN,
-                         what=f"ranks ({state}), forkserver and helpers of a SIGKILLed parent holding a 4-rank pool")
+                         what=f"ranks ({state}), their children, forkserver and helpers of a SIGKILLed parent "
+                              f"holding a 4-rank pool")
     finally:
         _kill_session(proc)
         stderr.close()

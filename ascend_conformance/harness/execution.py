@@ -27,13 +27,26 @@ class Failure:
 def execute(fn, args: tuple, kwargs: dict, rank_ctx: context.RankContext):
     """("ok", value with tensors on the CPU) or ("raise", Failure); never raises."""
     context.set_rank_context(rank_ctx)
-    torch.manual_seed(rank_ctx.seed)
+    seed_generators(rank_ctx.seed, rank_ctx.device)
     try:
         return "ok", to_cpu(fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, named by rank
         return "raise", failure_from(rank_ctx.rank, exc)
     finally:
         context.set_rank_context(None)
+
+
+def seed_generators(seed: int, device: str) -> None:
+    """Seed the CPU generator and the rank's own device's, as ``torch.manual_seed`` would for this rank.
+
+    Not ``torch.manual_seed`` itself: it also registers a lazy seeding call for every other device type
+    torch knows (cuda, xpu, mtia, ...), each formatting the caller's stack — 0.9 ms per call measured
+    on the 2-core development box, more than the rest of a warm no-op run in the rank.
+    """
+    torch.default_generator.manual_seed(seed)
+    device_type = device.split(":", 1)[0]
+    if device_type != "cpu":
+        torch.get_device_module(device_type).manual_seed(seed)
 
 
 def failure_from(rank: int, exc: BaseException) -> Failure:

@@ -1,15 +1,21 @@
 """A warm pool of n rank processes (parent side; the child side is rank_main.py).
 
 The pool is spawned once from a forkserver that has already imported torch, joins one
-torch.distributed world through a TCPStore the parent binds to port 0, and then serves any number of
-``run`` calls. A run either returns every rank's value, or raises :class:`RankFailure` naming the rank:
+torch.distributed world through a TCPStore the parent binds to a free port on 127.0.0.1 (loopback.py),
+and then serves any number of ``run`` calls. Calls and results cross the pipes as plain pickles
+(wire.py): tensors travel as their own elements, never through shared memory or file descriptors.
+A run either returns every rank's value, or raises :class:`RankFailure` naming the rank:
 
 - a rank raised: its remote traceback; ranks still running get a short grace to finish, then are
   aborted with their stacks (they are typically blocked in a collective waiting for the failed rank);
 - a rank exited (os._exit, SIGSEGV, SIGKILL): its exit code or signal and the tail of its log, which
-  holds faulthandler's stack for fatal signals;
+  holds faulthandler's stack for fatal signals; for SIGKILL, whether the OOM killer probably did it
+  (oom.py);
+- a rank's return value cannot be unpickled here: the rank, the value's type and the error;
 - the run exceeded its timeout: every rank's Python stack (faulthandler, SIGUSR1).
-After anything but a clean run the pool is killed (never reused), so the next test starts clean.
+After anything but a clean run the pool is killed (never reused), so the next test starts clean; so is
+a pool whose ranks report state a test left that cannot be put back (isolation.py). Killing a pool
+kills each rank's process group, so what a test started in a rank goes with it (rank_group.py).
 """
 from __future__ import annotations
 
@@ -22,9 +28,10 @@ import pickle
 import signal
 import sys
 import time
+import traceback
 from datetime import timedelta
 
-from ascend_conformance.harness import rank_main
+from ascend_conformance.harness import callables, loopback, oom, rank_group, rank_main, wire
 from ascend_conformance.harness.execution import Failure
 from ascend_conformance.harness.rank_main import RankSpec, Task
 
@@ -71,6 +78,7 @@ class PoolConfig:
     start_timeout: float = 120.0
     failure_grace: float = 3.0  # how long survivors may take to finish after another rank failed
     pg_timeout: float = 3600.0  # the harness, not the backend, decides when a collective hangs
+    oom_counter_files: tuple | None = None  # None: the ranks' memory cgroup and /proc/vmstat (oom.py)
 
 
 class RankPool:
@@ -84,6 +92,7 @@ class RankPool:
         self._procs: list = []
         self._conns: list = []
         self._store = None
+        self._oom: oom.OomWatch | None = None
         self.log_paths = [os.path.join(config.log_dir, f"rank{r}.log") for r in range(n)]
         self.stack_paths = [os.path.join(config.log_dir, f"rank{r}.stacks") for r in range(n)]
 
@@ -95,19 +104,24 @@ class RankPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
 
+    @property
+    def store_port(self) -> int | None:
+        """Port of the pool's rendezvous store (listening on 127.0.0.1 only)."""
+        return None if self._store is None else self._store.port
+
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> "RankPool":
         import torch.distributed as dist
 
         os.makedirs(self.config.log_dir, exist_ok=True)
-        self._store = dist.TCPStore("127.0.0.1", 0, self.n + 1, is_master=True, wait_for_workers=False,
-                                    timeout=timedelta(seconds=self.config.start_timeout))
+        self._store = loopback.loopback_store(self.n + 1, timedelta(seconds=self.config.start_timeout))
         ctx = forkserver_context()
         prefix = f"pool{os.getpid()}-{self.serial}"
+        env = {**loopback.rank_environment(), **self.config.env}
         for rank in range(self.n):
             parent_end, child_end = ctx.Pipe()
-            spec = RankSpec(rank=rank, world_size=self.n, platform=self.config.platform, env=dict(self.config.env),
-                            store_host="127.0.0.1", store_port=self._store.port, store_prefix=prefix,
+            spec = RankSpec(rank=rank, world_size=self.n, platform=self.config.platform, env=dict(env),
+                            store_host=loopback.LOOPBACK_HOST, store_port=self._store.port, store_prefix=prefix,
                             log_path=self.log_paths[rank], stack_path=self.stack_paths[rank],
                             parent_pid=os.getpid(), device_index=self.config.devices[rank],
                             pg_timeout_s=self.config.pg_timeout)
@@ -123,6 +137,8 @@ class RankPool:
             self.kill()
             detail = "\n".join(self._describe_failure(f) for f in failures) or self._missing_report(replies)
             raise PoolStartError(f"a {self.n}-rank {self.config.platform} world could not start:\n{detail}")
+        files = self.config.oom_counter_files
+        self._oom = oom.OomWatch(list(files) if files is not None else oom.counter_files(self._procs[0].pid))
         self.healthy = True
         return self
 
@@ -139,9 +155,11 @@ class RankPool:
         self.kill()
 
     def kill(self) -> None:
+        """SIGKILL every live rank's process group (the rank, its reaper, what the test started)."""
         self.healthy = False
         for proc in self._procs:
             if proc.is_alive():
+                rank_group.kill_group(proc.pid)
                 proc.kill()
         for proc in self._procs:
             proc.join(5)
@@ -154,11 +172,11 @@ class RankPool:
     def run(self, fn, args: tuple, kwargs: dict, test_id: str, timeout: float) -> list:
         if not self.healthy:
             raise RuntimeError("run on a pool that is not healthy")
+        modules, payload = callables.encode_call(fn, args, kwargs)  # NotShippable: nothing sent, pool intact
         self.runs += 1
         self.last_used = time.monotonic()
-        task = Task(test_id=test_id, module=fn.__module__, module_file=_module_file(fn), qualname=fn.__qualname__,
-                    payload=pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL), sys_path=list(sys.path))
-        blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        task = Task(test_id=test_id, modules=modules, payload=payload, sys_path=list(sys.path))
+        blob = pickle.dumps(task, protocol=wire.PROTOCOL)
         log_offsets = [_size(p) for p in self.log_paths]
         try:
             for conn in self._conns:
@@ -172,31 +190,33 @@ class RankPool:
 
         results = [None] * self.n
         failures: list[Failure] = []  # in arrival order: the first to fail is usually the cause
-        cleanup_errors = []
+        unreadable: list[_Unreadable] = []
+        replace = False  # a rank could not clean up, or reported state it cannot put back
         for rank, reply in replies.items():
-            if isinstance(reply, tuple):
-                outcome, value, cleanup_error = reply
-                if outcome == "ok":
-                    results[rank] = value
+            if isinstance(reply, _Result):
+                if reply.outcome == "ok":
+                    results[rank] = reply.value
+                elif reply.outcome == "unreadable":
+                    unreadable.append(reply.value)
                 else:
-                    failures.append(value)
-                if cleanup_error:
-                    cleanup_errors.append((rank, cleanup_error))
+                    failures.append(reply.value)
+                replace = replace or bool(reply.cleanup_error or reply.recycle)
         missing = [r for r in range(self.n) if r not in replies]
         dead = {r: reply for r, reply in replies.items() if isinstance(reply, _Exited)}
 
-        if not failures and not missing and not dead:
-            if cleanup_errors:
-                self.kill()  # results are valid; the next test must not inherit this state
+        if not failures and not unreadable and not missing and not dead:
+            if replace:
+                self.kill()  # results are valid; the next test must not inherit this state (the ranks' logs say why)
             self.last_used = time.monotonic()
             return results
 
-        if failures and all(f.skipped for f in failures) and not missing and not dead and len(failures) == self.n:
+        if failures and all(f.skipped for f in failures) and not missing and not dead and not unreadable \
+                and len(failures) == self.n:
             raise _SkipAll(failures[0].message)
-        self._raise_failure(failures, dead, missing, replies, timeout, log_offsets)
+        self._raise_failure(failures, dead, missing, unreadable, timeout, log_offsets)
 
-    def _raise_failure(self, failures, dead, missing, replies, timeout, log_offsets) -> None:
-        timed_out = bool(missing) and not failures and not dead
+    def _raise_failure(self, failures, dead, missing, unreadable, timeout, log_offsets) -> None:
+        timed_out = bool(missing) and not failures and not dead and not unreadable
         stacks = self._dump_stacks(missing) if missing else {}
         self.kill()
         parts = []
@@ -206,15 +226,22 @@ class RankPool:
             stacks = stacks or {}
         # A rank that died is the cause; its peers' errors ("connection closed by peer") are consequences.
         for rank, exited in sorted(dead.items()):
-            parts.append(f"rank {rank} of {self.n} {exited.describe()}")
+            cause = ""
+            if exited.exitcode == -signal.SIGKILL and self._oom is not None:
+                cause = f"; {self._oom.explain(rank)}"
+            parts.append(f"rank {rank} of {self.n} {exited.describe()}{cause}")
         for failure in failures:
             parts.append(self._describe_failure(failure))
+        for item in unreadable:
+            parts.append(f"rank {item.rank} of {self.n} returned a {item.type_name} that the parent could not "
+                         f"unpickle: {item.error}\n--- parent traceback (unpickling rank {item.rank}'s value) ---\n"
+                         f"{item.traceback.rstrip()}")
         if missing and not timed_out:
             parts.append(f"ranks {missing} were still running {self.config.failure_grace:g}s after the failure "
                          f"and were aborted (probably blocked in a collective waiting for the failed rank)")
         for rank in sorted(stacks):
             parts.append(f"--- rank {rank} stack ---\n{stacks[rank].rstrip()}")
-        for rank in sorted(set(missing) | set(dead) | {f.rank for f in failures}):
+        for rank in sorted(set(missing) | set(dead) | {f.rank for f in failures} | {u.rank for u in unreadable}):
             tail = _tail(self.log_paths[rank], log_offsets[rank])
             if tail:
                 parts.append(f"--- rank {rank} log tail ({self.log_paths[rank]}) ---\n{tail}")
@@ -244,6 +271,7 @@ class RankPool:
         replies: dict = {}
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        next_sample = time.monotonic() + oom.SAMPLE_SECONDS  # only runs longer than this are sampled
 
         def shorten():
             nonlocal deadline
@@ -253,11 +281,14 @@ class RankPool:
             """Record the rank's reply; False when the pipe is closed (the sentinel reports the exit)."""
             rank = waiting.pop(conn)
             try:
-                kind, payload = conn.recv()
+                message = pickle.loads(conn.recv_bytes())
+                if message[0] == "result":
+                    message = ("result", self._read_result(rank, conn, message))
             except (EOFError, OSError):
                 return False
+            kind, payload = message
             replies[rank] = payload
-            if kind == "fatal" or (kind == "result" and payload[0] == "raise"):
+            if kind == "fatal" or (kind == "result" and payload.outcome == "raise"):
                 shorten()
             return True
 
@@ -265,8 +296,11 @@ class RankPool:
             now = time.monotonic()
             if now >= deadline:
                 break
+            if now >= next_sample and self._oom is not None:
+                self._oom.sample({r: self._procs[r].pid for r in range(self.n) if r not in replies})
+                next_sample = now + oom.SAMPLE_SECONDS
             watch = list(waiting) + [s for s, r in sentinels.items() if r not in replies]
-            for obj in multiprocessing.connection.wait(watch, timeout=deadline - now):
+            for obj in multiprocessing.connection.wait(watch, timeout=min(deadline, next_sample) - now):
                 if obj in waiting:
                     receive(obj)
                 elif obj in sentinels and sentinels[obj] not in replies:
@@ -279,6 +313,26 @@ class RankPool:
                     replies[rank] = _Exited(self._procs[rank].exitcode)
                     shorten()
         return replies
+
+    @staticmethod
+    def _read_result(rank: int, conn, header: tuple) -> "_Result":
+        """The rank's result from its header and, for a returned value that is not a scalar, the frame
+        that follows; a value that cannot be unpickled here becomes an _Unreadable naming rank and type."""
+        _, outcome, payload, cleanup_error, recycle = header
+        value = payload
+        if outcome == "ok":
+            how, content = payload
+            if how == "inline":
+                value = content
+            else:
+                frame = conn.recv_bytes()  # EOFError when the rank died mid-send: the sentinel reports it
+                try:
+                    value = wire.loads(frame)
+                except Exception as exc:  # noqa: BLE001 - e.g. a class the parent cannot import
+                    outcome = "unreadable"  # the rank itself finished: its peers are not waiting for it
+                    value = _Unreadable(rank, content, f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+                                        traceback.format_exc())
+        return _Result(outcome, value, cleanup_error, recycle)
 
     def _dump_stacks(self, ranks: list[int]) -> dict[int, str]:
         """Every listed rank's Python stack, through faulthandler's SIGUSR1 handler."""
@@ -306,6 +360,24 @@ class RankPool:
 
 
 @dataclasses.dataclass
+class _Result:
+    outcome: str  # "ok", "raise" or "unreadable"
+    value: object  # the returned value, a Failure, or an _Unreadable
+    cleanup_error: str | None
+    recycle: str | None  # state the test left that cannot be put back (isolation.py), else None
+
+
+@dataclasses.dataclass
+class _Unreadable:
+    """A rank returned a value the parent could not unpickle."""
+
+    rank: int
+    type_name: str
+    error: str
+    traceback: str
+
+
+@dataclasses.dataclass
 class _Exited:
     exitcode: int | None
 
@@ -328,11 +400,6 @@ class _SkipAll(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def _module_file(fn) -> str | None:
-    module = sys.modules.get(fn.__module__)
-    return getattr(module, "__file__", None)
 
 
 def _size(path: str) -> int:

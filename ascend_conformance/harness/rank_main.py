@@ -1,20 +1,27 @@
 """The life of one rank process of a warm pool (child side only; the parent side is pool.py).
 
 Start-up, in this order because each step depends on the previous one:
-  1. die with the parent (PR_SET_PDEATHSIG + a watchdog on the pytest process), so no rank outlives
-     the session even when pytest is SIGKILLed;
-  2. environment (visible-devices mask, HCCL ports) before anything touches the device runtime;
+  1. lead a process group of its own with a reaper in it (rank_group.py), so whatever a test starts
+     dies with the rank; die with the parent (PR_SET_PDEATHSIG + a watchdog on the pytest process), so
+     no rank outlives the session even when pytest is SIGKILLed;
+  2. environment (visible-devices mask, HCCL ports, gloo on loopback) before anything touches the
+     device runtime;
   3. stdout/stderr into the rank's log file; faulthandler writes fatal-signal stacks there and dumps
      every thread's stack into the stack file on SIGUSR1 (the parent's hang diagnosis);
   4. bind the device, join the world through the parent's TCPStore, report ready.
-Then serve tasks until told to stop: run the test function, send back the result or the failure, clean
-up what the test left behind (process groups, registered project state, allocator peaks).
+Then serve tasks until told to stop: run the test function, clean up what the test left behind
+(process groups, registered project state, allocator peaks), put back process-wide state it changed
+(isolation.py; what cannot be put back is written to the log and makes the parent replace the pool),
+then send back the result or the failure.
 
-Messages to the parent are tuples ``(kind, payload)``; kinds: ``ready``, ``result``, ``fatal``.
+Messages to the parent are plain pickles (wire.py), never multiprocessing's shared-memory pickling:
+``("ready", info)``, ``("fatal", Failure)`` or ``("result", outcome, payload, cleanup_error, recycle)``.
+For a returned value, `payload` is ``("inline", value)`` for a scalar, else ``("frame", type name)``
+and the value follows as a frame of its own, so the parent can name the rank and the type when it
+cannot unpickle it.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import faulthandler
 import importlib
@@ -31,11 +38,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ascend_conformance.harness import context, execution
+from ascend_conformance.harness import context, execution, isolation, rank_group, wire
 from ascend_conformance.harness.execution import Failure
 
 STACK_SIGNAL = signal.SIGUSR1
-_PR_SET_PDEATHSIG = 1
+# Returned values sent inside the reply header: they cannot fail to unpickle, and need no second frame.
+_INLINE_TYPES = (type(None), bool, int, float, str)
 
 
 @dataclasses.dataclass
@@ -57,36 +65,52 @@ class RankSpec:
 @dataclasses.dataclass
 class Task:
     test_id: str
-    module: str
-    module_file: str | None
-    qualname: str
-    payload: bytes  # pickle of (args, kwargs), unpickled after the module is importable
+    modules: list  # [(name, file or None)]: imported first, as pytest would (callables.modules_of)
+    payload: bytes  # wire pickle of (fn, args, kwargs), unpickled once the modules are imported
     sys_path: list
 
 
 def rank_main(spec: RankSpec, conn) -> None:
+    rank_group.lead_own_group()
     _die_with_parent(spec.parent_pid)
     os.environ.update(spec.env)
     log = _redirect_output(spec.log_path)
-    faulthandler.enable(file=log, all_threads=True)
     stacks = open(spec.stack_path, "a", buffering=1)
-    faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
+    dumps = _StackDumps(log, stacks)
+    dumps.install(isolation.FATAL_SIGNALS | {STACK_SIGNAL})
     try:
         device = _join_world(spec)
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test with it
-        conn.send(("fatal", Failure(spec.rank, "WorldInitError", "rank could not join the world",
-                                    traceback.format_exc())))
+        _send(conn, ("fatal", Failure(spec.rank, "WorldInitError", "rank could not join the world",
+                                      traceback.format_exc())))
         return
-    conn.send(("ready", {"pid": os.getpid(), "device": device}))
-    _serve(spec, device, conn)
+    _send(conn, ("ready", {"pid": os.getpid(), "device": device}))
+    _serve(spec, device, conn, isolation.StateGuard(rearm=dumps.install))
+
+
+class _StackDumps:
+    """faulthandler's two jobs in a rank: fatal-signal stacks into the log, every thread's stack into
+    the stack file on SIGUSR1. `install` (re)arms them for the given signals, e.g. after a test
+    replaced the SIGUSR1 handler and isolation.py put Python's record of it back."""
+
+    def __init__(self, log, stacks):
+        self.log, self.stacks = log, stacks
+
+    def install(self, signals) -> None:
+        if signals & isolation.FATAL_SIGNALS or not faulthandler.is_enabled():
+            faulthandler.disable()  # enable() on an enabled handler would not reinstall it
+            faulthandler.enable(file=self.log, all_threads=True)
+        if STACK_SIGNAL in signals:
+            faulthandler.unregister(STACK_SIGNAL)
+            faulthandler.register(STACK_SIGNAL, file=self.stacks, all_threads=True)
+
+
+def _send(conn, message) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=wire.PROTOCOL))
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: the watchdog below still covers it
+    rank_group.set_parent_death_signal(signal.SIGKILL)  # off Linux the watchdog below still covers it
 
     def watchdog():
         while True:
@@ -131,32 +155,61 @@ def _join_world(spec: RankSpec) -> str:
     return plat.device(local_rank)
 
 
-def _serve(spec: RankSpec, device: str, conn) -> None:
+def _serve(spec: RankSpec, device: str, conn, guard: isolation.StateGuard) -> None:
     from ascend_conformance import platform as platforms
 
     plat = platforms.get()
     while True:
         try:
-            task = conn.recv()
+            task = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             break  # parent gone
         if task is None:
             break
         print(f"===== {task.test_id} =====", flush=True)
         groups_before = execution.process_groups()
-        outcome, value = _run_task(spec, device, task)
+        outcome, value = _run_task(spec, device, task, guard)
+        # Process-wide state first, so the clean-up hooks below run with the environment, default
+        # device, signal handlers ... every test starts with.
+        state = guard.after_run()
+        if state.restored:
+            print(f"[harness] {task.test_id} changed process-wide state, put back: {', '.join(state.restored)}",
+                  flush=True)
+        recycle = "; ".join(state.unrestorable) or None
+        if recycle:
+            print(f"[harness] {task.test_id} left state that cannot be put back, the pool will be replaced: "
+                  f"{recycle}", flush=True)
         cleanup_error = execution.clean_up(groups_before, plat)
-        try:
-            conn.send(("result", (outcome, value, cleanup_error)))
-        except Exception:  # noqa: BLE001 - unpicklable return value
-            failure = Failure(spec.rank, "PicklingError", "the return value could not be sent to the parent",
-                              traceback.format_exc())
-            conn.send(("result", ("raise", failure, cleanup_error)))
+        if cleanup_error:
+            print(f"[harness] clean-up after {task.test_id} failed; the pool will be replaced:\n{cleanup_error}",
+                  flush=True)
+        _reply(conn, spec.rank, outcome, value, cleanup_error, recycle)
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _run_task(spec: RankSpec, device: str, task: Task):
+def _reply(conn, rank: int, outcome: str, value, cleanup_error, recycle) -> None:
+    frame = None
+    if outcome == "ok":
+        if type(value) in _INLINE_TYPES:
+            payload = ("inline", value)
+        else:
+            try:
+                frame = wire.dumps(value)
+                payload = ("frame", wire.type_name(value))
+            except Exception as exc:  # noqa: BLE001 - e.g. a lambda in the result: the rank's failure
+                outcome, payload = "raise", Failure(
+                    rank, "PicklingError", f"the return value could not be sent to the parent: a "
+                    f"{wire.type_name(value)} that cannot be pickled ({type(exc).__name__}: {exc}); return "
+                    f"tensors, numbers, strings and containers of them", traceback.format_exc())
+    else:
+        payload = value
+    _send(conn, ("result", outcome, payload, cleanup_error, recycle))
+    if frame is not None:
+        conn.send_bytes(frame)
+
+
+def _run_task(spec: RankSpec, device: str, task: Task, guard: isolation.StateGuard):
     from ascend_conformance import platform as platforms
 
     plat = platforms.get()
@@ -167,10 +220,13 @@ def _run_task(spec: RankSpec, device: str, task: Task):
         seed=seed, world_seed=world_seed, log_path=spec.log_path)
     try:
         _extend_sys_path(task.sys_path)
-        fn = _resolve(task)
-        args, kwargs = pickle.loads(task.payload)
+        for name, path in task.modules:
+            if name not in sys.modules:
+                _import(name, path)
+        fn, args, kwargs = wire.loads(task.payload)
     except BaseException as exc:  # noqa: BLE001 - an import error in the test module, named by rank
         return "raise", execution.failure_from(spec.rank, exc)
+    guard.before_run()
     return execution.execute(fn, args, kwargs, rank_ctx)
 
 
@@ -178,16 +234,6 @@ def _extend_sys_path(paths: list) -> None:
     for entry in reversed(paths):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-
-
-def _resolve(task: Task):
-    module = sys.modules.get(task.module)
-    if module is None:
-        module = _import(task.module, task.module_file)
-    obj = module
-    for part in task.qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _import(name: str, path: str | None):
