@@ -29,7 +29,6 @@ import time
 from typing import Iterator
 
 from ascend_conformance.errors import PlatformUnavailable
-from ascend_conformance.errors import one_line as _one_line
 
 PLATFORM_ENV = "ASCEND_CONFORMANCE_PLATFORM"
 # HCCL port blocks: 16 ports per block and variable; 512 blocks (16 xdist workers x 32 devices) per variable.
@@ -350,6 +349,11 @@ def torch_npu_import_error() -> str | None:
     except Exception as exc:  # noqa: BLE001 - OSError for libhccl.so, RuntimeError, ...
         return f"torch_npu not importable: {_one_line(exc)}"
     return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _read_first_line(path: str) -> str | None:
