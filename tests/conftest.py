@@ -4,7 +4,8 @@ detected one.
 The harness's own tests check gloo worlds, lease slots and rank output that only the cpu platform
 gives on any machine; on an NPU host the detected platform would be npu. So, for tests under tests/
 only (this conftest's scope), and also when one session runs tests/ and suites/ together (`make test`):
-- ``world_runner`` (and so ``world``) is a cpu runner of its own, next to the session's detected one;
+- ``world_runner`` (and so ``world``) is the session's cpu runner: the conformance tests' own on a cpu
+  host, one of its own next to the detected platform's elsewhere;
 - each test sees ``platform.get()`` as cpu and has ``ASCEND_CONFORMANCE_PLATFORM=cpu`` in its
   environment, so pytest sessions, CLI calls and scripts it starts run on cpu too (a test that wants
   another platform passes ``--platform`` or sets the variable itself).
