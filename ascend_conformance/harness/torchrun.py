@@ -57,6 +57,12 @@ def use_launched_world(environ=os.environ) -> None:
     _explicit = True
 
 
+def forget_launched_world() -> None:
+    """End of a pytest session: --torchrun does not outlive it (in-process pytester sessions)."""
+    global _explicit
+    _explicit = False
+
+
 class TorchrunRunner:
     def __init__(self, platform: Platform, rank_timeout: float):
         self.platform = platform
