@@ -339,6 +339,17 @@ def expect_per_kind(ranks: list[int], i: int, kind: str) -> dict:
     return expected
 
 
+def cases_for(group_size: int, dtype_names: list[str]):
+    """(case, dtype name, salt) of every case a member of a group of `group_size` runs: point-to-point cases
+    need a peer, and a case runs only in its own dtypes."""
+    for case in CASES:
+        if case.needs_peer and group_size == 1:
+            continue
+        for dtype_name in dtype_names:
+            if dtype_name in case.dtypes:
+                yield case, dtype_name, case_salt(case.name, dtype_name)
+
+
 # --------------------------------------------------------------------------------- in a rank
 
 def exercise_every_group(config_fields: dict, dtype_names: list[str]) -> dict:
@@ -350,12 +361,8 @@ def exercise_every_group(config_fields: dict, dtype_names: list[str]) -> dict:
     observed: dict = {}
     for kind in layout:
         g = groups.get_group(kind)
-        for case in CASES:
-            if case.needs_peer and g.world_size == 1:
-                continue
-            for dtype_name in dtype_names:
-                if dtype_name in case.dtypes:
-                    observed[(kind, case.name, dtype_name)] = case.run(g, DTYPES[dtype_name], case_salt(case.name, dtype_name))
+        for case, dtype_name, salt in cases_for(g.world_size, dtype_names):
+            observed[(kind, case.name, dtype_name)] = case.run(g, DTYPES[dtype_name], salt)
         observed[(kind, "per_kind")] = _run_per_kind_checks(g, kind)
     getters = {"world": groups.get_world_group, "tp": groups.get_tp_group, "pcp": groups.get_pcp_group,
                "pp": groups.get_pp_group, "dp": groups.get_dp_group, "ep": groups.get_ep_group,
@@ -402,21 +409,16 @@ def check_report(config_fields: dict, dtype_names: list[str], per_rank: list[dic
         for kind, kind_groups in layout.items():
             ranks = next(group for group in kind_groups if rank in group)
             i = ranks.index(rank)
-            for case in CASES:
-                if case.needs_peer and len(ranks) == 1:
+            for case, dtype_name, salt in cases_for(len(ranks), dtype_names):
+                key = (kind, case.name, dtype_name)
+                expected_keys.add(key)
+                label = f"rank {rank} {kind} {ranks} {case.name} {dtype_name}"
+                if key not in observed:
+                    problems.append(f"{label}: not run")
                     continue
-                for dtype_name in dtype_names:
-                    if dtype_name not in case.dtypes:
-                        continue
-                    key = (kind, case.name, dtype_name)
-                    expected_keys.add(key)
-                    label = f"rank {rank} {kind} {ranks} {case.name} {dtype_name}"
-                    if key not in observed:
-                        problems.append(f"{label}: not run")
-                        continue
-                    expected = case.expect(ranks, i, DTYPES[dtype_name], case_salt(case.name, dtype_name))
-                    problems += _differences(label, observed[key], expected, case.compare)
-                    checks += 1
+                expected = case.expect(ranks, i, DTYPES[dtype_name], salt)
+                problems += _differences(label, observed[key], expected, case.compare)
+                checks += 1
             key = (kind, "per_kind")
             expected_keys.add(key)
             problems += _differences(f"rank {rank} {kind} {ranks}", observed.get(key),
@@ -446,13 +448,9 @@ def expected_observations(config_fields: dict, dtype_names: list[str]) -> list[d
         observed = {}
         for kind, kind_groups in layout.items():
             ranks = next(group for group in kind_groups if rank in group)
-            for case in CASES:
-                if case.needs_peer and len(ranks) == 1:
-                    continue
-                for dtype_name in dtype_names:
-                    if dtype_name in case.dtypes:
-                        observed[(kind, case.name, dtype_name)] = case.expect(
-                            ranks, ranks.index(rank), DTYPES[dtype_name], case_salt(case.name, dtype_name))
+            for case, dtype_name, salt in cases_for(len(ranks), dtype_names):
+                observed[(kind, case.name, dtype_name)] = case.expect(ranks, ranks.index(rank), DTYPES[dtype_name],
+                                                                      salt)
             observed[(kind, "per_kind")] = expect_per_kind(ranks, ranks.index(rank), kind)
         observed["getters"] = {kind: next(g for g in layout[kind] if rank in g) for kind in layout}
         observed["kinds"] = tuple(layout)

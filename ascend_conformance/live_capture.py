@@ -38,6 +38,7 @@ import importlib
 import os
 from collections.abc import Mapping, Sequence
 
+from ascend_conformance.errors import one_line
 from ascend_conformance.invariants import Difference, Violation, check_layout, compare_layouts
 from ascend_conformance.topology import GROUP_KINDS, ParallelConfig, build_layout
 
@@ -75,15 +76,10 @@ def _import_error(module: str) -> str | None:
     except ModuleNotFoundError as exc:
         if exc.name == module.split(".")[0]:
             return f"{module.split('.')[0]} not installed (pip install -e .[vllm] on an NPU host with vllm-ascend)"
-        return f"{module} not importable: {_first_line(exc)}"
+        return f"{module} not importable: {one_line(exc, with_type=True)}"
     except Exception as exc:  # noqa: BLE001 - OSError from a broken CANN, RuntimeError from a platform plugin
-        return f"{module} not importable: {_first_line(exc)}"
+        return f"{module} not importable: {one_line(exc, with_type=True)}"
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def live_capture_unavailable_reason(ascend: bool = True) -> str | None:

@@ -52,7 +52,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, one_line
 
 __all__ = [
     "prefetch_index",
@@ -541,7 +541,7 @@ def register_vllm_linear(series_name: str, group, layer, prefetch_step: int = 1,
         from vllm.model_executor.layers.linear import LinearBase
         from vllm.model_executor.models.utils import extract_layer_index
     except Exception as exc:  # noqa: BLE001 - vllm is an optional extra
-        raise ConfigError(f"register_vllm_linear needs vllm: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        raise ConfigError(f"register_vllm_linear needs vllm: {one_line(exc)}") from None
     if not isinstance(layer, LinearBase):
         raise ConfigError(f"register_vllm_linear needs a vllm LinearBase, got {type(layer).__name__}")
     index = extract_layer_index(layer.prefix)

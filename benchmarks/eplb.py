@@ -29,28 +29,14 @@ def write_json(path: str, entries: list) -> None:
 LOADS = (("uniform", 0.0), ("zipf1.0", 1.0), ("zipf1.5", 1.5))
 
 
-def sampled_loads(num_layers: int, num_experts: int, exponent: float, tokens: int, top_k: int, seed: int):
-    """Token counts per expert: ``tokens * top_k`` routing choices drawn from a popularity ~ 1/rank**exponent
-    (exponent 0: uniform), the popularity order shuffled per layer."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    popularity = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** exponent
-    rows = []
-    for _ in range(num_layers):
-        probs = popularity[torch.randperm(num_experts, generator=gen)]
-        picks = torch.multinomial(probs, tokens * top_k, replacement=True, generator=gen)
-        rows.append(torch.bincount(picks, minlength=num_experts).to(torch.float64))
-    return torch.stack(rows)
-
-
 def balancedness_table(num_layers: int, num_experts: int, num_gpus: int, redundant_options, num_nodes: int = 1,
                        num_groups: int = 1, tokens: int = 8192, top_k: int = 8) -> list:
     from ascend_conformance.eplb import balancedness, rebalance_experts, round_robin_placement, summarize_balancedness
+    from ascend_conformance.eplb.loads import sampled_zipf_loads
 
     rows = []
     for load_name, exponent in LOADS:
-        loads = sampled_loads(num_layers, num_experts, exponent, tokens, top_k, seed=int(exponent * 10) + 1)
+        loads = sampled_zipf_loads(num_layers, num_experts, exponent, tokens, top_k, seed=int(exponent * 10) + 1)
         for redundant in redundant_options:
             replicas = num_experts + redundant
             rr = round_robin_placement(num_layers, num_experts, replicas, num_gpus)
@@ -101,12 +87,13 @@ def redistribution_rank(num_layers: int, num_experts: int, redundant: int, hidde
 
     from ascend_conformance import bench, platform
     from ascend_conformance.eplb import rebalance_experts, round_robin_placement
+    from ascend_conformance.eplb.loads import sampled_zipf_loads
     from ascend_conformance.eplb.redistribute import ExpertState, rebalance
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(world_size)))  # dynamic_eplb: EP ranks, its own communicator
     replicas = num_experts + redundant
-    loads = sampled_loads(num_layers, num_experts, 1.5, 8192, 8, seed=15)
+    loads = sampled_zipf_loads(num_layers, num_experts, 1.5, 8192, 8, seed=15)
     rr = round_robin_placement(num_layers, num_experts, replicas, world_size)
     eplb = rebalance_experts(loads, replicas, 1, 1, world_size)
     targets = [eplb, rr]

@@ -20,7 +20,7 @@ from ascend_conformance import groups
 from ascend_conformance.collective_checks import (
     DTYPES, check_report, exact_values, exercise_every_group, expected_observations,
 )
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, one_line
 from ascend_conformance.groups import P2P, GroupLookupError
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.topology import ParallelConfig, build_layout
@@ -112,7 +112,7 @@ def average_integers_on_rank(dtype_name: str) -> dict:
     try:
         result = g.all_reduce(x, op=dist.ReduceOp.AVG)
     except RuntimeError as exc:
-        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", "backend": backend}
+        return {"error": one_line(exc, with_type=True), "backend": backend}
     finally:
         groups.destroy_groups()
     return {"result": result, "expected": base, "backend": backend}
@@ -182,7 +182,7 @@ def bad_inputs_on_rank() -> dict:
     return messages
 
 
-def test_bad_inputs_raise_one_line_errors_naming_theexact_values(world):
+def test_bad_inputs_raise_one_line_errors_naming_the_values(world):
     messages = world(2, timeout=60).run(bad_inputs_on_rank)
     expected = {
         "before_init": r"^GroupLookupError: no groups are initialised: call initialize_groups\(layout\) first \(asked for tp\)$",

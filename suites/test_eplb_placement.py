@@ -28,20 +28,12 @@ from ascend_conformance.eplb import (
     round_robin_placement,
     summarize_balancedness,
 )
+from ascend_conformance.eplb.loads import zipf_loads
 from ascend_conformance.errors import ConfigError
 
 
 def i64(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64)
-
-
-def zipf_loads(num_layers: int, num_experts: int, exponent: float, seed: int = 0) -> torch.Tensor:
-    """Token counts per expert: the k-th most popular expert gets ~ 1/k**exponent of 1000·E tokens, with
-    a different random popularity order per layer. exponent 0 gives uniform loads of 1000."""
-    generator = torch.Generator().manual_seed(seed)
-    popularity = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** exponent
-    tokens = (popularity / popularity.sum() * 1000 * num_experts).round()
-    return torch.stack([tokens[torch.randperm(num_experts, generator=generator)] for _ in range(num_layers)])
 
 
 def random_loads(num_layers: int, num_experts: int, seed: int) -> torch.Tensor:

@@ -28,10 +28,12 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import platform
+from ascend_conformance.collective_recorder import CollectiveRecorder
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.eplb import expert_map_for_rank, rebalance_experts, round_robin_placement
 from ascend_conformance.eplb.plan import plan_redistribution
 from ascend_conformance.eplb.redistribute import ExpertState, execute_plan, rebalance
+from ascend_conformance.eplb.loads import zipf_loads
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.harness import rank_context
 
@@ -41,13 +43,6 @@ HIDDEN, INTER = 16, 8
 # ==================================================================================================
 # placements and weights (pure, also used by the parent for the expected values)
 # ==================================================================================================
-
-def zipf_loads(num_layers: int, num_experts: int, exponent: float, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    popularity = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** exponent
-    tokens = (popularity / popularity.sum() * 1000 * num_experts).round()
-    return torch.stack([tokens[torch.randperm(num_experts, generator=gen)] for _ in range(num_layers)])
-
 
 def random_placement(num_layers: int, num_experts: int, num_replicas: int, seed: int) -> torch.Tensor:
     """phy2log where every expert has >= 1 replica, extra replicas random, slots shuffled."""
@@ -159,44 +154,6 @@ def moved_experts(old: torch.Tensor, new: torch.Tensor, world_size: int) -> dict
 # rank side
 # ==================================================================================================
 
-FORBIDDEN = ["all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "all_to_all", "all_to_all_single",
-             "barrier", "reduce_scatter_tensor", "gather", "scatter", "all_gather_object", "broadcast_object_list",
-             "send", "recv"]
-
-
-class CommRecorder:
-    """Wraps torch.distributed's collectives in this rank: records every P2P op of batch_isend_irecv (kind,
-    peer, group, content fingerprint of sends) and every other collective called."""
-
-    def __init__(self):
-        self.p2p = []
-        self.other = []
-        self._saved = {}
-
-    def __enter__(self):
-        self._saved["batch_isend_irecv"] = dist.batch_isend_irecv
-
-        def batch(ops):
-            for op in ops:
-                kind = op.op.__name__
-                self.p2p.append((kind, op.peer, op.group, fingerprint(op.tensor) if kind == "isend" else None))
-            return self._saved["batch_isend_irecv"](ops)
-        dist.batch_isend_irecv = batch
-        for name in FORBIDDEN:
-            original = getattr(dist, name)
-            self._saved[name] = original
-
-            def wrapper(*args, _name=name, _original=original, **kwargs):
-                self.other.append(_name)
-                return _original(*args, **kwargs)
-            setattr(dist, name, wrapper)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self._saved.items():
-            setattr(dist, name, original)
-
-
 def fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha1(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
 
@@ -238,7 +195,7 @@ def _redistribute_on_rank(names: list) -> dict:
                                    logcnt_old)
         pointers = [[t.data_ptr() for t in layer] for layer in state.weights]
         index = weight_index(old.shape[0], experts)
-        with CommRecorder() as rec, platform.get().measure_peak() as peak:
+        with CollectiveRecorder(sent_content=fingerprint) as rec, platform.get().measure_peak() as peak:
             stats = rebalance(state, new, log2phy_new, logcnt_new, group)
         check_weights(state.weights, new, rank, world_size, name)
         assert [[t.data_ptr() for t in layer] for layer in state.weights] == pointers, "weights were reallocated"
@@ -256,7 +213,7 @@ def _redistribute_on_rank(names: list) -> dict:
         out[name] = {
             "sends": sends,
             "recv_ops": sum(1 for kind, *_ in rec.p2p if kind == "irecv"),
-            "other_collectives": rec.other,
+            "other_collectives": rec.names(),
             "peak": peak.peak_bytes,
             "reported_received": stats.received,
         }
@@ -314,12 +271,12 @@ def _over_dynamic_eplb_coordinators(name: str) -> dict:
         old, new, experts = sc["old"], sc["new"], sc["experts"]
         state = ExpertState.create(ep_rank, ep_size, local_weights(old, ep_rank, ep_size), old,
                                    *log2phy_of(old, experts))
-        with CommRecorder() as rec:
+        with CollectiveRecorder(sent_content=fingerprint) as rec:
             rebalance(state, new, *log2phy_of(new, experts), eplb)
         check_weights(state.weights, new, ep_rank, ep_size, f"{name} over {eplb.ranks}")
         peers = sorted({peer for _, peer, _, _ in rec.p2p})
         assert all(pg is eplb.device_group for _, _, pg, _ in rec.p2p)
-        return {"ranks": list(eplb.ranks), "peers": peers, "ops": len(rec.p2p), "other": rec.other}
+        return {"ranks": list(eplb.ranks), "peers": peers, "ops": len(rec.p2p), "other": rec.names()}
     finally:
         groups.destroy_groups()
 

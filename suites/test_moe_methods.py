@@ -23,8 +23,8 @@ import itertools
 
 import pytest
 import torch
+from moe_shapes import HIDDEN, INTERMEDIATE, LAYOUTS, layout_id
 
-from ascend_conformance import platform as platforms
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.moe import (COMPUTING_METHODS, ExpertPlacement, forward_context, mc2_tokens_capacity,
@@ -35,21 +35,12 @@ from ascend_conformance.moe.scenario_report import failure_report
 from ascend_conformance.moe.scenario_verdict import summarize
 from ascend_conformance.moe.selection import vllm_ascend_mc2_tokens_capacity
 
-LAYOUTS = [(1, 1, 1), (2, 2, 1), (2, 1, 2), (4, 4, 1), (4, 2, 2), (8, 4, 2)]  # (world, DP, TP)
 EXPERTS = (8, 16, 64)
 TOP_K = (1, 2, 8)
 DTYPES = ("float32", "float16", "bfloat16")
 PLACEMENTS = ("contiguous", "scattered")
 TOKEN_CASES = ("zero", "one", "uneven")
-# Tiny on CPU (8 gloo ranks share 2 cores); on an NPU the real MC2 ops need H in [1024, 8192] (A3) or a
-# multiple of 32 (A2).
-HIDDEN, INTERMEDIATE = (1024, 256) if platforms.get().name == "npu" else (8, 4)
 UNEVEN = {1: (7,), 2: (3, 7), 4: (7, 0, 3, 1)}
-
-
-def layout_id(layout) -> str:
-    world, dp, tp = layout
-    return f"w{world}-dp{dp}tp{tp}"
 
 
 def token_counts(case: str, dp: int) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ascend_conformance import golden
 from ascend_conformance.tolerance import Kind, assert_close
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, one_line
 
 
 def _torch_npu_or_skip():
@@ -29,8 +29,7 @@ def _torch_npu_or_skip():
     try:
         import torch_npu
     except Exception as exc:  # ImportError, or OSError / RuntimeError from a broken CANN install
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        pytest.skip(f"torch_npu not importable: {first_line}")
+        pytest.skip(f"torch_npu not importable: {one_line(exc)}")
     if not torch.npu.is_available():
         pytest.skip("torch_npu imported but no NPU device is visible")
     return torch_npu

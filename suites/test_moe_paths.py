@@ -17,14 +17,13 @@
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
+from moe_shapes import HIDDEN, INTERMEDIATE, LAYOUTS, layout_id
 
-from ascend_conformance import platform as platforms
+from ascend_conformance.collective_recorder import CollectiveRecorder
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.moe import AllGather, NativeAllGather
 from ascend_conformance.moe.ops import GoldenOps
@@ -32,16 +31,8 @@ from ascend_conformance.moe.scenario import Scenario
 from ascend_conformance.moe.scenario_on_rank import run_on_rank, setup_on_rank
 from ascend_conformance.moe.scenario_verdict import summarize
 
-# Tiny on CPU (8 gloo ranks share 2 cores); on an NPU the real MC2 ops need H in [1024, 8192] (A3) or a
-# multiple of 32 (A2).
-HIDDEN, INTERMEDIATE = (1024, 256) if platforms.get().name == "npu" else (8, 4)
-LAYOUTS = [(1, 1, 1), (2, 2, 1), (2, 1, 2), (4, 4, 1), (4, 2, 2), (8, 4, 2)]  # (world, DP, TP)
 UNEVEN = {1: (6,), 2: (6, 3), 4: (6, 2, 5, 1)}
 WITH_EMPTY_RANK = {1: (0,), 2: (0, 5), 4: (4, 0, 0, 2)}
-
-
-def layout_id(layout) -> str:
-    return "w{}-dp{}tp{}".format(*layout)
 
 
 def make(method, layout, counts, *, experts=16, top_k=2, dtype="float32", placement="contiguous", seed=0):
@@ -337,47 +328,10 @@ def test_garbage_rows_catch_a_method_that_reads_them(world):
 
 # ------------------------------------------------------------------ trap: a DP rank with 0 tokens
 
-_COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_gather_single", "all_reduce", "reduce_scatter",
-                "reduce_scatter_tensor", "reduce_scatter_single", "all_to_all", "all_to_all_single", "broadcast",
-                "barrier", "gather", "scatter", "all_gather_object")
-
-
-@contextlib.contextmanager
-def recording_collectives(log: list):
-    """Append (collective, group ranks) to `log` for every torch.distributed collective this rank issues:
-    the functions of torch.distributed, and every reference to them that a project module bound at import
-    (e.g. a tensor all-gather picked by name once)."""
-    originals = {name: getattr(dist, name) for name in _COLLECTIVES if hasattr(dist, name)}
-
-    def wrap(name, original):
-        def recorded(*args, **kwargs):
-            group = kwargs.get("group")
-            ranks = tuple(range(dist.get_world_size())) if group in (None, dist.group.WORLD) else \
-                tuple(dist.get_process_group_ranks(group))
-            log.append((name, ranks))
-            return original(*args, **kwargs)
-        return recorded
-
-    wrappers = {name: wrap(name, original) for name, original in originals.items()}
-    by_function = {id(original): wrappers[name] for name, original in originals.items()}
-    patched = [(dist, name, original) for name, original in originals.items()]
-    for module in [m for name, m in sys.modules.items() if name.startswith("ascend_conformance") and m is not None]:
-        for attribute, value in list(vars(module).items()):
-            if callable(value) and id(value) in by_function:
-                patched.append((module, attribute, value))
-    for owner, attribute, original in patched:
-        setattr(owner, attribute, by_function[id(original)])
-    try:
-        yield log
-    finally:
-        for owner, attribute, original in patched:
-            setattr(owner, attribute, original)
-
-
 def _zero_tokens_on_rank(values: dict) -> dict:
-    log = []
-    with recording_collectives(log):
+    with CollectiveRecorder() as recorder:
         result = run_on_rank(Scenario.from_dict(values), keep_tensors=True)
+    log = [(call.name, call.ranks) for call in recorder.calls]  # (collective, group ranks)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, log)
     return {**result, "logs": everyone}

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from ascend_conformance import shared_weight as sw
 from ascend_conformance.tolerance import Kind, assert_close
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, one_line
 from ascend_conformance.harness import rank_context
 
 HIDDEN = 8
@@ -636,6 +636,6 @@ def test_vllm_linear_adapter(world):
     try:
         import vllm.model_executor.layers.linear  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - optional extra
-        pytest.skip(f"vllm not importable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        pytest.skip(f"vllm not importable: {one_line(exc)}")
     assert world(2, timeout=120).run(_vllm_adapter) == [True, True]
 

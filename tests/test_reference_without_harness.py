@@ -1,7 +1,8 @@
 """The reference implementation runs without the test runtime: a plain ``torchrun`` script can use it.
 
 A fresh interpreter refuses to import ``ascend_conformance.harness`` and pytest (a meta-path finder that
-raises for them), imports every module of the package outside the harness, and uses the groups and a MoE
+raises for them), imports every module of the package but the harness, the adapters to systems under test
+(``sut/``) and ``__main__``, and uses the groups and a MoE
 method in a one-rank gloo world, as a script launched by torchrun would; then it resets the reference state
 with the modules' own functions.
 """
@@ -26,10 +27,14 @@ SCRIPT = textwrap.dedent('''
 
     sys.meta_path.insert(0, RefuseTestRuntime())
 
+    # Not reference code: the test runtime itself, the adapters that drive systems under test (they import
+    # those systems), and the CLI entry point (it runs on import).
+    NOT_REFERENCE = ("ascend_conformance.harness", "ascend_conformance.sut", "ascend_conformance.__main__")
+
     import ascend_conformance
     imported = []
     for info in pkgutil.walk_packages(ascend_conformance.__path__, "ascend_conformance."):
-        if info.name.startswith("ascend_conformance.harness") or info.name == "ascend_conformance.__main__":
+        if any(info.name == name or info.name.startswith(name + ".") for name in NOT_REFERENCE):
             continue
         importlib.import_module(info.name)
         imported.append(info.name)

@@ -34,18 +34,13 @@ import zlib
 
 import torch
 
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, require_whole
 from ascend_conformance.moe.methods import METHODS
 from ascend_conformance.moe.placement import ExpertPlacement
 from ascend_conformance.topology import ParallelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PLACEMENTS = ("contiguous", "scattered")
-
-
-def _whole(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +64,7 @@ class Scenario:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for name, low in (("world_size", 1), ("experts", 1), ("top_k", 1), ("tokens", 0), ("hidden", 1),
                           ("intermediate", 1), ("tp", 1), ("seed", 0)):
-            _whole(name, getattr(self, name), low)
+            require_whole(name, getattr(self, name), low)
         if self.dp is None:
             object.__setattr__(self, "dp", self.world_size // self.tp if self.world_size % self.tp == 0 else 0)
         if self.dp < 1 or self.dp * self.tp != self.world_size:

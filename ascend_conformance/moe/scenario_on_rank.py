@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ascend_conformance.errors import one_line
 from ascend_conformance.moe.context import gather_forward_context
 from ascend_conformance.moe.methods import COMPUTING_METHODS, method_class
 from ascend_conformance.moe.mlp import ExpertMLP
@@ -103,6 +104,5 @@ def run_scenarios(scenarios: list[dict], keep_tensors: bool = False) -> list[dic
         try:
             results.append(run_on_rank(scenario, keep_tensors=keep_tensors))
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RuntimeError(f"{scenario.label()}: {type(exc).__name__}: {first} | repro: {scenario.repro()}") from exc
+            raise RuntimeError(f"{scenario.label()}: {one_line(exc, with_type=True)} | repro: {scenario.repro()}") from exc
     return results

@@ -17,7 +17,7 @@ report the difference.
 """
 from __future__ import annotations
 
-from ascend_conformance.errors import ConfigError
+from ascend_conformance.errors import ConfigError, require_whole
 
 SOCS = ("A2", "A3")
 MC2_TOKENS_PER_RANK_LIMIT = 512
@@ -25,23 +25,17 @@ A2_MAX_EXPERTS_PER_DEVICE = 24
 A2_MIN_EP_SIZE = 16
 
 
-def _whole(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return value
-
-
 def mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
     """cap = min(ceil(M / TP), 512) · TP."""
-    _whole("max_num_tokens", max_num_tokens, 0)
-    _whole("tp_size", tp_size, 1)
+    require_whole("max_num_tokens", max_num_tokens, 0)
+    require_whole("tp_size", tp_size, 1)
     return min(-(-max_num_tokens // tp_size), MC2_TOKENS_PER_RANK_LIMIT) * tp_size
 
 
 def vllm_ascend_mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
     """vllm-ascend's ceil(min(M, 512) / TP) · TP (see the module note)."""
-    _whole("max_num_tokens", max_num_tokens, 0)
-    _whole("tp_size", tp_size, 1)
+    require_whole("max_num_tokens", max_num_tokens, 0)
+    require_whole("tp_size", tp_size, 1)
     return -(-min(max_num_tokens, MC2_TOKENS_PER_RANK_LIMIT) // tp_size) * tp_size
 
 
@@ -49,10 +43,10 @@ def select_method(soc: str, ep_size: int, experts_per_device: int, num_tokens: i
     """"allgather", "mc2" or "alltoall" (the CLI / METHODS names) for one forward."""
     if soc not in SOCS:
         raise ConfigError(f"soc must be one of {', '.join(SOCS)}, got {soc!r}")
-    _whole("ep_size", ep_size, 1)
-    _whole("experts_per_device", experts_per_device, 1)
-    _whole("num_tokens", num_tokens, 0)
-    _whole("cap", cap, 0)
+    require_whole("ep_size", ep_size, 1)
+    require_whole("experts_per_device", experts_per_device, 1)
+    require_whole("num_tokens", num_tokens, 0)
+    require_whole("cap", cap, 0)
     if ep_size == 1:
         return "allgather"
     fits = num_tokens <= cap
