@@ -29,6 +29,7 @@ import time
 from typing import Iterator
 
 from ascend_conformance.errors import PlatformUnavailable
+from ascend_conformance.errors import one_line as _one_line
 
 PLATFORM_ENV = "ASCEND_CONFORMANCE_PLATFORM"
 # HCCL port blocks: 16 ports per block and variable; 512 blocks per variable, one per live warm pool of the
@@ -350,11 +351,6 @@ def torch_npu_import_error() -> str | None:
     except Exception as exc:  # noqa: BLE001 - OSError for libhccl.so, RuntimeError, ...
         return f"torch_npu not importable: {_one_line(exc)}"
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _read_first_line(path: str) -> str | None:
