@@ -310,7 +310,11 @@ class NpuPlatform(_AcceleratorPlatform):
         error = torch_npu_import_error()
         if error:
             return error
-        if self.device_count() == 0:
+        try:
+            count = self.device_count()
+        except Exception as exc:  # noqa: BLE001 - a torch_npu that imports but whose torch.npu is unusable
+            return f"torch_npu imported but torch.npu is unusable: {_one_line(exc)}"
+        if count == 0:
             return "torch_npu imported but sees no NPU device"
         return None
 
@@ -350,6 +354,8 @@ def torch_npu_import_error() -> str | None:
         return f"torch_npu not importable: {_one_line(exc)}"
     except Exception as exc:  # noqa: BLE001 - OSError for libhccl.so, RuntimeError, ...
         return f"torch_npu not importable: {_one_line(exc)}"
+    if getattr(torch_npu, "__standin__", False):
+        return "torch_npu is the suite's CPU stand-in (golden ops), not a device runtime"
     return None
 
 

@@ -1,0 +1,12 @@
+"""What the suites of systems under test share: the world a SUT runs in.
+
+A SUT run imports vLLM / vllm-ascend (and, without CANN, the torch_npu stand-in) into its ranks, and
+those imports patch torch and stay for the life of the process; so a SUT's tests run on warm pools of
+their own, never on the pools the reference suites use.
+"""
+from __future__ import annotations
+
+
+def sut_world(world, sut: str, n: int, timeout: float | None = None):
+    """``world(n)`` on the warm pools kept for ``sut`` (``"vllm"`` or ``"vllm_ascend"``)."""
+    return world(n, timeout=timeout, pool=sut)
