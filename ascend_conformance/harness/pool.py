@@ -79,6 +79,7 @@ class PoolConfig:
     failure_grace: float = 3.0  # how long survivors may take to finish after another rank failed
     pg_timeout: float = 3600.0  # the harness, not the backend, decides when a collective hangs
     oom_counter_files: tuple | None = None  # None: the ranks' memory cgroup and /proc/vmstat (oom.py)
+    name: str = ""  # pools of different names never share ranks (a SUT's imports stay in its own pools)
 
 
 class RankPool:
@@ -98,7 +99,7 @@ class RankPool:
 
     @property
     def key(self):
-        return self.n, tuple(self.config.devices)
+        return self.n, tuple(self.config.devices), self.config.name
 
     @property
     def pids(self) -> list[int]:

@@ -105,14 +105,16 @@ class WorldRunner:
         return None
 
     def run(self, n: int, fn: Callable, args: tuple, kwargs: dict, test_id: str,
-            timeout: float | None = None) -> list:
+            timeout: float | None = None, pool_name: str = "") -> list:
+        """``pool_name`` picks a family of warm pools: runs with different names never share ranks."""
         _check_shippable(fn)
-        preferred = [key[1] for key, pool in self._pools_by_recency() if key[0] == n and pool.healthy]
+        preferred = [key[1] for key, pool in self._pools_by_recency()
+                     if key[0] == n and key[2] == pool_name and pool.healthy]
         lease = self.leases.acquire(n, self.options.lease_timeout, preferred, who=f"{test_id}: ")
         try:
             # Not held while waiting for the lease: the trimmer may stop idle pools for others meanwhile.
             with self._lock:
-                pool = self._pool_for(n, lease.devices, who=f"{test_id}: ")
+                pool = self._pool_for(n, lease.devices, who=f"{test_id}: ", name=pool_name)
                 try:
                     return pool.run(fn, args, kwargs, test_id, timeout or self.options.rank_timeout)
                 except _SkipAll as skip:
@@ -126,8 +128,8 @@ class WorldRunner:
     def _pools_by_recency(self):
         return sorted(list(self.pools.items()), key=lambda item: -item[1].last_used)
 
-    def _pool_for(self, n: int, devices: tuple, who: str = "") -> RankPool:
-        pool = self.pools.get((n, devices))
+    def _pool_for(self, n: int, devices: tuple, who: str = "", name: str = "") -> RankPool:
+        pool = self.pools.get((n, devices, name))
         if pool is not None and pool.healthy:
             return pool
         if pool is not None:
@@ -138,9 +140,10 @@ class WorldRunner:
             plat = self.options.platform
             env = self.rank_environment(devices, warm.port_block)
             log_dir = os.path.join(self.options.log_root,
-                                   f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}")
+                                   f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}"
+                                   + (f"-{name}" if name else ""))
             pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
-                                          failure_grace=self.options.failure_grace)).start()
+                                          failure_grace=self.options.failure_grace, name=name)).start()
         except BaseException:
             self.register.release(warm.key)
             raise
