@@ -57,3 +57,13 @@ class Divergence(AssertionError):
     into an expected failure: a crash, a timeout or a rank failure is never one, so an expectation can
     never hide them.
     """
+
+
+class SutRefused(ConfigError):
+    """A system under test refused a configuration it was asked to build: one line naming the release and
+    the release's own message, e.g. ``vllm_ascend 0.23.0.post1 refuses world 4 = ... x TP2, flashcomm2_otp 2:
+    AssertionError: flashcomm2_oproj_tensor_parallel_size (2) cannot exceed global tensor parallel size (2)``.
+
+    Neither a divergence (the release said no, it computed nothing wrong) nor hidden by an expectation; the
+    CLI prints it as ``error: ...`` and exits 2, like every ConfigError.
+    """
