@@ -24,7 +24,9 @@ Structure, checked on every known kind present in the layout:
                      instances never communicate)
 ``mc2_not_ep``       an mc2 group is not an ep group of the same layout with the same order
 
-Against the reference layout of the configuration:
+Against the expected layout of the configuration (:func:`ascend_conformance.expected_layout.expected_layout`,
+derived from docs/layout.md apart from :func:`~ascend_conformance.topology.build_layout`, so that these rules
+can fire on the reference's own output):
 
 ``membership``       a group's member set is not a group of the reference
 ``order``            a group has the members of a reference group in a different order
@@ -46,10 +48,10 @@ import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from ascend_conformance.topology import (
-    GROUP_KINDS, PARTIAL_COVER_KINDS, STAGE_LOCAL_KINDS, ParallelConfig, build_layout,
-    rank_coordinates,
+from ascend_conformance.expected_layout import (
+    KINDS, PARTIAL_COVER, STAGE_LOCAL, expected_layout, replica_of, stage_of,
 )
+from ascend_conformance.topology import ParallelConfig
 
 Group = tuple[int, ...]
 
@@ -156,21 +158,21 @@ def _structure_violations(kind: str, groups: list[Group], config: ParallelConfig
                 owner[rank] = index
 
         in_world = [rank for rank in group if 0 <= rank < world]
-        if kind in STAGE_LOCAL_KINDS:
-            stages = _first_rank_per_value(in_world, lambda r: rank_coordinates(r, config).p)
+        if kind in STAGE_LOCAL:
+            stages = _first_rank_per_value(in_world, lambda r: stage_of(r, config))
             if len(stages) > 1:
                 found.append(Violation(
                     kind, group, "crosses_stages",
                     f"{kind} group {_show(group)} crosses PP stages: {_where(stages, 'stage')}"))
         if kind != "world":
-            replicas = _first_rank_per_value(in_world, lambda r: rank_coordinates(r, config).e)
+            replicas = _first_rank_per_value(in_world, lambda r: replica_of(r, config))
             if len(replicas) > 1:
                 found.append(Violation(
                     kind, group, "crosses_replicas",
                     f"{kind} group {_show(group)} crosses external-DP replicas: "
                     f"{_where(replicas, 'replica')}"))
 
-    if kind not in PARTIAL_COVER_KINDS:
+    if kind not in PARTIAL_COVER:
         uncovered = [rank for rank in range(world) if rank not in owner]
         if uncovered:
             found.append(Violation(
@@ -243,13 +245,13 @@ def check_layout(layout: Mapping[str, Sequence[Sequence[int]]],
     """Every violation of docs/layout.md's invariants in ``layout``, for the configuration ``config``.
 
     An empty list means the layout is a correct one for ``config``. Violations come kind by kind in
-    :data:`~ascend_conformance.topology.GROUP_KINDS` order; within a kind, structure rules (in group
-    order) come before the comparison with the reference.
+    :data:`~ascend_conformance.expected_layout.KINDS` order; within a kind, structure rules (in group
+    order) come before the comparison with the expected groups.
     """
-    reference = build_layout(config)
+    reference = expected_layout(config)
     found: list[Violation] = []
     parsed: dict[str, list[Group]] = {}
-    for kind in GROUP_KINDS:
+    for kind in KINDS:
         if kind not in layout:
             if kind in reference:
                 found.append(Violation(
@@ -278,11 +280,11 @@ def compare_layouts(reference: Mapping[str, Sequence[Sequence[int]]],
                     live: Mapping[str, Sequence[Sequence[int]]]) -> list[Difference]:
     """Per kind, the groups that differ between ``reference`` and ``live``, as sets and in order.
 
-    Kinds come in :data:`~ascend_conformance.topology.GROUP_KINDS` order, then unknown kinds by name;
+    Kinds come in :data:`~ascend_conformance.expected_layout.KINDS` order, then unknown kinds by name;
     within a kind, groups keep the order of the side they come from.
     """
-    known = [kind for kind in GROUP_KINDS if kind in reference or kind in live]
-    others = sorted((set(reference) | set(live)) - set(GROUP_KINDS))
+    known = [kind for kind in KINDS if kind in reference or kind in live]
+    others = sorted((set(reference) | set(live)) - set(KINDS))
     differences: list[Difference] = []
     for kind in known + others:
         if kind not in live:
