@@ -29,6 +29,7 @@ from ascend_conformance.eplb import (
     summarize_balancedness,
 )
 from ascend_conformance.eplb.loads import zipf_loads
+from ascend_conformance.eplb.placement import why_not_unique
 from ascend_conformance.errors import ConfigError
 
 
@@ -233,6 +234,28 @@ def test_global_path_is_the_hierarchy_with_one_group_and_one_node():
     weight = random_loads(3, 12, seed=3)
     for actual, expected in zip(rebalance_experts(weight, 18, 3, 2, 6), rebalance_experts(weight, 18, 1, 1, 6)):
         assert_exact(actual, expected, "global placement")
+
+
+def test_placement_computes_in_float32_as_deepseek_does():
+    # 6 slots on 2 GPUs, 3 each. In float32 the first load rounds to 20000000 (spacing 2 above 2^24), so
+    # when load 3 comes GPU 0 (20000000) and GPU 1 (10000001 + 9999999) tie and the lower GPU takes it:
+    # GPU 0 = experts 0, 3, 5, GPU 1 = 1, 2, 4. In float64 GPU 1 would be lighter and take it.
+    weight = torch.tensor([[20000001, 10000001, 9999999, 3, 2, 1]])
+    assert_exact(rebalance_experts(weight, 6, 1, 1, 2)[0], i64([[0, 3, 5, 1, 2, 4]]), "float32 placement")
+    assert why_not_unique(weight, 6, 1, 1, 2) == \
+        "a near-tie: the same algorithm in float64 arithmetic places layers [0] differently"
+
+
+def test_why_not_unique_names_sort_ties_of_different_experts_only():
+    # 60 is split into 3 replicas of 20, which tie with expert 1's 20: different experts, order matters.
+    assert why_not_unique(torch.tensor([[60., 20., 10., 9.]]), 6, 1, 1, 2) == \
+        "equal loads of different groups or experts in a sort, in layers [0]"
+    # 80 -> 3 replicas of 26.67: they tie with one another only, and are interchangeable in phy2log.
+    assert why_not_unique(torch.tensor([[80., 21., 11., 9.]]), 6, 1, 1, 2) is None
+    # Equal group loads sort too (hierarchical: 4 groups of 2 on 2 nodes; groups 1 and 2 both carry 30).
+    assert why_not_unique(torch.tensor([[50., 1., 20., 10., 25., 5., 3., 2.]]), 8, 4, 2, 2) == \
+        "equal loads of different groups or experts in a sort, in layers [0]"
+    assert why_not_unique(zipf_loads(2, 16, 0.0), 16, 1, 1, 4) is not None  # uniform: ties everywhere
 
 
 def test_integer_and_float_loads_give_the_same_placement():
@@ -549,6 +572,8 @@ BAD_INPUTS = [
     (lambda: rebalance_experts([[1, 2]], 2, 1, 1, 1), "weight must be a torch.Tensor of loads [layers, experts], got list"),
     (lambda: rebalance_experts(torch.ones(0, 4), 4, 1, 1, 2),
      "weight must have at least one layer and one expert, got shape (0, 4)"),
+    (lambda: rebalance_experts(torch.tensor([[3e38, 3e38, 1., 1.]], dtype=torch.float64), 4, 1, 1, 2),
+     "loads of layer 0 sum to 6e+38, beyond float32's 3.40282e+38"),
     (lambda: rebalance_experts(W4, 4, 1, 1, 0), "num_gpus must be >= 1, got 0"),
     (lambda: rebalance_experts(W4, 4.0, 1, 1, 2), "num_replicas must be an int, got float 4.0"),
     (lambda: round_robin_placement(1, 4, 6, 4), "num_replicas 6 is not divisible by num_gpus 4"),

@@ -24,20 +24,25 @@ Worked example (hand-derived in the suite): loads ``[[40, 30, 20, 10]]`` on 4 sl
 ``phy2log [[0, 3, 1, 2]]``, GPU loads 50 and 50, where the round-robin placement ``[[0, 1, 2, 3]]``
 gives 70 and 30 (balancedness 50/70 = 0.714).
 
-All results are int64 CPU tensors; loads are computed in float64 (exact for integer token counts below
-2**53; DeepSeek's code uses float32, which can only differ on near-ties).
+All results are int64 CPU tensors. The placement computes with the loads in float32, as DeepSeek's code
+does (sums, loads per replica and pack loads all round to float32), so it equals DeepSeek's placement on
+every input whose decisions are not ties; float64 would decide differently wherever two candidates are
+within float32 rounding of each other. :func:`why_not_unique` tells which inputs have such ties.
+Balancedness is measured in float64.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ascend_conformance.errors import ConfigError
 
 __all__ = [
     "rebalance_experts",
+    "why_not_unique",
     "round_robin_placement",
     "balancedness",
     "BalancednessSummary",
@@ -108,9 +113,11 @@ def _balanced_packing(item_loads: torch.Tensor, num_packs: int) -> tuple[torch.T
     """Assign the ``n`` items of each row to ``num_packs`` packs of exactly ``n / num_packs`` items.
 
     Greedy, heaviest first: items are visited by descending load (ties: lower item index first) and each
-    goes into the lightest pack that still has room (ties: lower pack index). Its position in the pack is
-    the order of arrival. With one item per pack every assignment is equally balanced and the identity is
-    kept, so nothing moves without a reason.
+    goes into the lightest pack that still has room (ties: lower pack index, as Python's ``min`` and numpy's
+    ``argmin`` pick). Pack loads accumulate in the dtype of ``item_loads`` (float32: DeepSeek's sums). Its
+    position in the pack is the order of arrival.
+    With one item per pack every assignment is equally balanced and the identity is kept, so nothing
+    moves without a reason.
 
     Returns (pack_of_item [rows, n], position_in_pack [rows, n]).
 
@@ -124,20 +131,42 @@ def _balanced_packing(item_loads: torch.Tensor, num_packs: int) -> tuple[torch.T
         return identity, torch.zeros_like(identity)
     pack_of_item = torch.empty((rows, num_items), dtype=torch.int64)
     position_in_pack = torch.empty((rows, num_items), dtype=torch.int64)
-    visit_order = torch.sort(item_loads, dim=-1, descending=True, stable=True).indices.tolist()
-    loads = item_loads.tolist()
-    for row in range(rows):
-        pack_loads = [0.0] * num_packs
+    visit_order = torch.sort(item_loads, dim=-1, descending=True, stable=True).indices
+    loads = item_loads.numpy()
+    for row, order in enumerate(visit_order.tolist()):
+        # numpy scalars of the loads' dtype: `+=` rounds every partial sum as DeepSeek's float32 tensors do.
+        pack_loads = np.zeros(num_packs, dtype=loads.dtype)
         pack_sizes = [0] * num_packs
-        for item in visit_order[row]:
+        for item in order:
             # min() returns the first minimum, i.e. the lowest pack index among equally light packs.
             pack = min((p for p in range(num_packs) if pack_sizes[p] < items_per_pack),
                        key=pack_loads.__getitem__)
             pack_of_item[row, item] = pack
             position_in_pack[row, item] = pack_sizes[pack]
-            pack_loads[pack] += loads[row][item]
+            pack_loads[pack] += loads[row, item]
             pack_sizes[pack] += 1
     return pack_of_item, position_in_pack
+
+
+def _rows_sorting_equal_loads(item_loads: torch.Tensor, item_identity: torch.Tensor, num_packs: int) -> set[int]:
+    """Rows whose packing sorts two items of equal load but different identity (different groups, or slots
+    of different experts): their visiting order, and so possibly the packing, is the sort's choice.
+    Slots of one expert carry equal loads by construction and are interchangeable: they never count.
+
+    >>> sorted(_rows_sorting_equal_loads(torch.tensor([[5., 5., 3., 1.], [5., 5., 3., 1.]]),
+    ...                                  torch.tensor([[0, 0, 1, 2], [0, 1, 2, 3]]), 2))
+    [1]
+    """
+    if item_loads.shape[1] // num_packs == 1:  # no sort: the identity packing
+        return set()
+    rows = set()
+    for row, (loads, identities) in enumerate(zip(item_loads.tolist(), item_identity.tolist())):
+        identities_of_load: dict[float, set[int]] = {}
+        for load, identity in zip(loads, identities):
+            identities_of_load.setdefault(load, set()).add(identity)
+        if any(len(ids) > 1 for ids in identities_of_load.values()):
+            rows.add(row)
+    return rows
 
 
 def _replicate(expert_loads: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,8 +199,11 @@ def _inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 
 
 def _rebalance_hierarchical(loads: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
-                            num_gpus: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(phy2log, replica_number_of_slot, logcnt) with whole expert groups kept on one node."""
+                            num_gpus: int, sort_ties: set | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phy2log, replica_number_of_slot, logcnt) with whole expert groups kept on one node; every sum and
+    quotient in the dtype of ``loads``. ``sort_ties``, when given, receives the layers whose packings sort
+    equal loads of different groups or experts."""
     num_layers, num_logical = loads.shape
     group_size = num_logical // num_groups
     groups_per_node = num_groups // num_nodes
@@ -182,6 +214,9 @@ def _rebalance_hierarchical(loads: torch.Tensor, num_replicas: int, num_groups: 
     # Step 1: whole groups to nodes, balancing the group loads.
     group_loads = loads.view(num_layers, num_groups, group_size).sum(-1)
     node_of_group, position_of_group = _balanced_packing(group_loads, num_nodes)
+    if sort_ties is not None:
+        sort_ties.update(_rows_sorting_equal_loads(group_loads, torch.arange(num_groups).expand_as(group_loads),
+                                                   num_nodes))
     # Renumber logical experts "node-major": node n's experts become n*E/N .. (n+1)*E/N - 1, groups in
     # their packing order, experts of a group in their original order.
     first_renumbered = (node_of_group * groups_per_node + position_of_group) * group_size
@@ -195,6 +230,9 @@ def _rebalance_hierarchical(loads: torch.Tensor, num_replicas: int, num_groups: 
     # Step 3: the node's slots to its GPUs by the load each replica carries.
     slot_loads = (node_expert_loads / node_replica_count).gather(-1, node_expert_of_slot)
     gpu_in_node, position_in_gpu = _balanced_packing(slot_loads, num_gpus // num_nodes)
+    if sort_ties is not None:  # rows are (layer, node) pairs
+        sort_ties.update(row // num_nodes for row in
+                         _rows_sorting_equal_loads(slot_loads, node_expert_of_slot, num_gpus // num_nodes))
     final_position = gpu_in_node * slots_per_gpu + position_in_gpu  # within the node
     slot_at_position = _inverse_permutation(final_position)
 
@@ -222,6 +260,42 @@ def _log2phy_from(phy2log: torch.Tensor, replica_number_of_slot: torch.Tensor,
 # public API
 # --------------------------------------------------------------------------------------------------
 
+def _checked_arguments(weight, num_replicas, num_groups, num_nodes, num_gpus) -> tuple:
+    """(float32 loads, R, groups, nodes, G) after every check :func:`rebalance_experts` promises."""
+    loads = _validate_loads(weight)
+    num_replicas = _require_positive_int("num_replicas", num_replicas)
+    num_groups = _require_positive_int("num_groups", num_groups)
+    num_nodes = _require_positive_int("num_nodes", num_nodes)
+    num_gpus = _require_positive_int("num_gpus", num_gpus)
+    num_logical = loads.shape[1]
+    _validate_layout(num_logical, num_replicas, num_gpus)
+    if num_gpus % num_nodes != 0:
+        raise ConfigError(f"num_gpus {num_gpus} is not divisible by num_nodes {num_nodes}")
+    # Checked on the global path too: groups of unequal size mean the caller's model config is wrong.
+    if num_logical % num_groups != 0:
+        raise ConfigError(f"number of logical experts {num_logical} is not divisible by num_groups {num_groups}")
+    # DeepSeek's code computes in float32; a layer whose total load overflows it has no float32 placement.
+    totals = loads.sum(-1)
+    if (totals > _FLOAT32_MAX).any():
+        layer = int((totals > _FLOAT32_MAX).nonzero()[0])
+        raise ConfigError(f"loads of layer {layer} sum to {totals[layer].item():g}, beyond float32's "
+                          f"{_FLOAT32_MAX:g}: the placement computes in float32 as DeepSeek's EPLB does")
+    return loads.to(torch.float32), num_replicas, num_groups, num_nodes, num_gpus
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _place(loads: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+           sort_ties: set | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if num_groups % num_nodes == 0:
+        phy2log, replica_number, logcnt = _rebalance_hierarchical(loads, num_replicas, num_groups, num_nodes,
+                                                                   num_gpus, sort_ties)
+    else:
+        phy2log, replica_number, logcnt = _rebalance_hierarchical(loads, num_replicas, 1, 1, num_gpus, sort_ties)
+    return phy2log, _log2phy_from(phy2log, replica_number, logcnt), logcnt
+
+
 def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
                       num_gpus: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DeepSeek EPLB placement of ``E`` logical experts into ``num_replicas`` physical slots.
@@ -236,8 +310,9 @@ def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, 
     3. pack each node's slots to its GPUs, ``R / num_gpus`` per GPU, by load per replica, heaviest first
        into the lightest GPU with room.
 
-    Otherwise the same with one group and one node (global balancing). Ties always go to the lower
-    index (expert, group, node, GPU), so the result is a deterministic function of the loads.
+    Otherwise the same with one group and one node (global balancing). The loads are converted to float32
+    and every group sum, load per replica and pack load is a float32, as in DeepSeek's code. Ties always go
+    to the lower index (expert, group, node, GPU), so the result is a deterministic function of the loads.
 
     Returns ``(phy2log [L, R], log2phy [L, E, maxcnt], logcnt [L, E])``, int64 on CPU; see the module
     docstring. Raises :class:`ConfigError` on bad shapes, dtypes, loads or sizes.
@@ -250,25 +325,47 @@ def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, 
         >>> log2phy[0, :, 0] # expert 3 sits in slot 1
         tensor([0, 2, 3, 1])
     """
-    loads = _validate_loads(weight)
-    num_replicas = _require_positive_int("num_replicas", num_replicas)
-    num_groups = _require_positive_int("num_groups", num_groups)
-    num_nodes = _require_positive_int("num_nodes", num_nodes)
-    num_gpus = _require_positive_int("num_gpus", num_gpus)
-    num_logical = loads.shape[1]
-    _validate_layout(num_logical, num_replicas, num_gpus)
-    if num_gpus % num_nodes != 0:
-        raise ConfigError(f"num_gpus {num_gpus} is not divisible by num_nodes {num_nodes}")
-    # Checked on the global path too: groups of unequal size mean the caller's model config is wrong.
-    if num_logical % num_groups != 0:
-        raise ConfigError(f"number of logical experts {num_logical} is not divisible by num_groups {num_groups}")
+    return _place(*_checked_arguments(weight, num_replicas, num_groups, num_nodes, num_gpus))
 
-    if num_groups % num_nodes == 0:
-        phy2log, replica_number, logcnt = _rebalance_hierarchical(loads, num_replicas, num_groups, num_nodes,
-                                                                   num_gpus)
-    else:
-        phy2log, replica_number, logcnt = _rebalance_hierarchical(loads, num_replicas, 1, 1, num_gpus)
-    return phy2log, _log2phy_from(phy2log, replica_number, logcnt), logcnt
+
+def why_not_unique(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
+                   num_gpus: int) -> str | None:
+    """``None`` when DeepSeek's placement of these loads is determined by the loads alone, else why not.
+
+    Two faithful implementations of the algorithm may place differently where a decision is a tie:
+
+    * **equal loads in a sort**: two groups, or two slots of different experts, with the same load in a
+      packing; their order is the sort's choice (DeepSeek's ``torch.sort`` without ``stable``, vLLM's numpy
+      quicksort), and the packing may follow it;
+    * **a near-tie**: two candidates within float32 rounding of each other, found by placing again in
+      float64 arithmetic (as vLLM's numpy port divides and sums): where that places differently, the
+      decision was decided by rounding.
+
+    Ties in an argmax or a lightest-pack choice are not listed: every implementation resolves them to the
+    lowest index (``torch.max``, ``numpy.argmax`` / ``argmin`` and Python's ``min`` are documented to), as
+    long as it sees the tie, which the float64 placement checks. Neither are the slots of one expert, which
+    always tie and are interchangeable in ``phy2log``; they do decide which slot ``log2phy`` names as
+    replica k, so ``log2phy`` is comparable between implementations only as a set of slots per expert.
+
+    Where this returns a reason, only validity and balancedness can be compared between implementations.
+
+    >>> why_not_unique(torch.tensor([[40., 30., 20., 10.]]), 4, 1, 1, 2) is None
+    True
+    >>> why_not_unique(torch.tensor([[30., 30., 20., 10.]]), 4, 1, 1, 2)
+    'equal loads of different groups or experts in a sort, in layers [0]'
+    """
+    loads, num_replicas, num_groups, num_nodes, num_gpus = _checked_arguments(
+        weight, num_replicas, num_groups, num_nodes, num_gpus)
+    sizes = (num_replicas, num_groups, num_nodes, num_gpus)
+    sort_ties: set[int] = set()
+    placed = _place(loads, *sizes, sort_ties=sort_ties)[0]
+    if sort_ties:
+        return f"equal loads of different groups or experts in a sort, in layers {sorted(sort_ties)}"
+    in_float64 = _place(_validate_loads(weight), *sizes)[0]
+    if not torch.equal(placed, in_float64):
+        layers = (placed != in_float64).any(-1).nonzero().flatten().tolist()
+        return f"a near-tie: the same algorithm in float64 arithmetic places layers {layers} differently"
+    return None
 
 
 def round_robin_placement(num_layers: int, num_logical_experts: int, num_replicas: int,
