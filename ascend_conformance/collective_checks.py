@@ -308,7 +308,7 @@ def _tensor_dict_from(rank: int, kind: str) -> dict:
             "step": rank, "tag": f"{kind}@{rank}"}
 
 
-def _run_per_kind_checks(g: GroupCoordinator, kind: str) -> dict:
+def run_per_kind_checks(g: GroupCoordinator, kind: str) -> dict:
     src = g.world_size - 1
     observed = {"broadcast_object": g.broadcast_object(_object_from(g.rank, kind) if g.rank_in_group == src else None,
                                                        src=src)}
@@ -363,7 +363,7 @@ def exercise_every_group(config_fields: dict, dtype_names: list[str]) -> dict:
         g = groups.get_group(kind)
         for case, dtype_name, salt in cases_for(g.world_size, dtype_names):
             observed[(kind, case.name, dtype_name)] = case.run(g, DTYPES[dtype_name], salt)
-        observed[(kind, "per_kind")] = _run_per_kind_checks(g, kind)
+        observed[(kind, "per_kind")] = run_per_kind_checks(g, kind)
     getters = {"world": groups.get_world_group, "tp": groups.get_tp_group, "pcp": groups.get_pcp_group,
                "pp": groups.get_pp_group, "dp": groups.get_dp_group, "ep": groups.get_ep_group,
                "mc2": groups.get_mc2_group, "dynamic_eplb": groups.get_dynamic_eplb_group,
