@@ -474,3 +474,15 @@ def test_two_users_exclude_each_other_through_a_lease_dir_one_of_them_created(st
                 proc.join(10)
                 if proc.is_alive():
                     proc.kill()
+
+
+def test_a_runner_that_never_runs_a_world_makes_no_lease_directory(tmp_path):
+    """A session on a host whose platform is unavailable must not leave host-wide directories behind."""
+    from ascend_conformance.harness.world import WorldOptions, WorldRunner
+    from ascend_conformance.platform import NpuPlatform
+
+    lock_dir = tmp_path / "ascend-conformance-leases-npu"
+    runner = WorldRunner(WorldOptions(platform=NpuPlatform(), physical_ids=(), lease_dir=str(lock_dir),
+                                      log_root=str(tmp_path / "logs")))
+    runner.shutdown()
+    assert not lock_dir.exists()

@@ -133,10 +133,14 @@ class LeaseManager:
     POLL_SECONDS = 0.01
 
     def __init__(self, lock_dir: str, physical_ids: Sequence[int]):
-        self.lock_dir = prepare_lease_dir(lock_dir)
+        self.lock_dir = os.path.abspath(lock_dir)
         self.physical_ids = tuple(physical_ids)
+        self._prepared = False  # made on first use: a runner whose platform is unavailable makes nothing
 
     def _lock(self, name: str) -> filelock.BaseFileLock:
+        if not self._prepared:
+            prepare_lease_dir(self.lock_dir)
+            self._prepared = True
         return shared_lock(os.path.join(self.lock_dir, name))
 
     def candidate_sets(self, n: int, preferred: Iterable[Sequence[int]] = ()) -> list[tuple[int, ...]]:

@@ -144,13 +144,14 @@ class WarmRegister:
     """One runner's view of the register in `lock_dir` (prepared like a lease directory)."""
 
     def __init__(self, lock_dir: str):
-        lock_dir = prepare_lease_dir(lock_dir)
-        self.path = os.path.join(lock_dir, WARM_REGISTRY_FILE)
+        self.lock_dir = os.path.abspath(lock_dir)  # made on first use, like the lease directory
+        self.path = os.path.join(self.lock_dir, WARM_REGISTRY_FILE)
         self._file_lock = shared_lock(os.path.join(lock_dir, WARM_REGISTRY_LOCK))
         self._thread_lock = threading.Lock()  # the file lock object is shared by this runner's threads
         self.pid, self.started = _this_process()
         self.owner = f"{self.pid}-{next(_runner_numbers)}"
         self._pool_numbers = itertools.count()
+        self._prepared = False
 
     def new_key(self) -> str:
         return f"{self.owner}/{next(self._pool_numbers)}"
@@ -158,18 +159,22 @@ class WarmRegister:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[RegisterState]:
         """The pruned register, written back on exit if it changed."""
-        with self._thread_lock, self._file_lock:
-            fd = self._open()
-            try:
-                state = RegisterState(_decode(_read_all(fd)), self.owner, self.pid, self.started)
-                state.prune()
-                yield state
-                if state.changed:
-                    data = json.dumps(state.to_json(), indent=0).encode()
-                    os.pwrite(fd, data, 0)
-                    os.ftruncate(fd, len(data))
-            finally:
-                os.close(fd)
+        with self._thread_lock:
+            if not self._prepared:
+                prepare_lease_dir(self.lock_dir)
+                self._prepared = True
+            with self._file_lock:
+                fd = self._open()
+                try:
+                    state = RegisterState(_decode(_read_all(fd)), self.owner, self.pid, self.started)
+                    state.prune()
+                    yield state
+                    if state.changed:
+                        data = json.dumps(state.to_json(), indent=0).encode()
+                        os.pwrite(fd, data, 0)
+                        os.ftruncate(fd, len(data))
+                finally:
+                    os.close(fd)
 
     def _open(self) -> int:
         try:
@@ -187,6 +192,8 @@ class WarmRegister:
 
     def release_all(self) -> None:
         """Every pool and wait of this runner off the register."""
+        if not self._prepared:
+            return  # never used: nothing of this runner is on it (and nothing is made now)
         with self.transaction() as state:
             for key, entry in list(state.pools.items()):
                 if entry["owner"] == self.owner:
