@@ -11,9 +11,9 @@ A document (pytest-benchmark 5.x, ``pytest_benchmark_generate_json`` + ``Metadat
      "datetime": "<ISO 8601, UTC>", "version": "<pytest-benchmark version>"}
 
 Times are seconds. One *round* is one timed sample; ``iterations`` says how many operations it covered,
-and the sample is already divided by it (pytest-benchmark stores per-operation times too). Statistics
-follow pytest-benchmark's definitions (quartiles by its methods 2 / 3, Tukey fences at 1.5 IQR) so a
-comparison against a baseline written by pytest-benchmark itself is like for like.
+and the sample is already divided by it (pytest-benchmark stores per-operation times too). The statistics
+are pytest-benchmark's own (``pytest_benchmark.stats.Stats``), so a comparison against a baseline written
+by pytest-benchmark itself is like for like.
 
 The suite's figures go in ``extra_info`` with the names ``report.benchmarks`` reads: ``op``,
 ``size_bytes``, ``dtype``, ``world_size``, ``algbw_gbps``, ``busbw_gbps``, ``variant``, ``platform``, plus
@@ -25,24 +25,8 @@ import datetime
 import json
 import math
 import os
-import statistics
 import subprocess
-from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
-
-
-def _quartiles(data: list[float]) -> tuple[float, float]:
-    """(q1, q3) of sorted ``data`` as pytest-benchmark computes them (methods 3 and 2 of
-    https://en.wikipedia.org/wiki/Quartile#Computing_methods)."""
-    rounds = len(data)
-    if rounds == 1:
-        return data[0], data[0]
-    if rounds % 2:
-        n, q = rounds // 4, rounds % 4
-        if q == 1:
-            return 0.25 * data[n - 1] + 0.75 * data[n], 0.75 * data[3 * n] + 0.25 * data[3 * n + 1]
-        return 0.75 * data[n] + 0.25 * data[n + 1], 0.25 * data[3 * n + 1] + 0.75 * data[3 * n + 2]
-    return statistics.median(data[: rounds // 2]), statistics.median(data[rounds // 2:])
 
 
 def stats_from_samples(samples: Sequence[float], iterations: int = 1, include_data: bool = True) -> dict:
@@ -52,33 +36,19 @@ def stats_from_samples(samples: Sequence[float], iterations: int = 1, include_da
     >>> s["median"], s["q1"], s["q3"], s["iqr"], s["ops"]
     (2.5, 1.5, 3.5, 2.0, 0.4)
     """
+    # pytest-benchmark (>= 5.3: its hd15iqr is the highest datum within the fence) is a dev dependency;
+    # only writing benchmark JSON needs it, reading and comparing does not.
+    from pytest_benchmark.stats import Stats
+
     data = [float(x) for x in samples]
     if not data:
         raise ValueError("no samples: a benchmark needs at least one round")
     if any(math.isnan(x) or x < 0 for x in data):
         raise ValueError(f"samples must be non-negative seconds, got {data}")
-    ordered = sorted(data)
-    mean = statistics.mean(data)
-    stddev = statistics.stdev(data) if len(data) > 1 else 0
-    q1, q3 = _quartiles(ordered)
-    iqr = q3 - q1
-    low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
-    stddev_outliers = sum(1 for x in data if x < mean - stddev or x > mean + stddev)
-    iqr_outliers = sum(1 for x in data if x < low or x > high)
-    if len(data) == 1:
-        ld15iqr = hd15iqr = data[0]
-    else:
-        # lowest / highest datum still within 1.5 IQR of the quartiles (pytest-benchmark >= 5.3;
-        # 5.2 returned the first datum *above* the upper fence)
-        ld15iqr = ordered[bisect_left(ordered, low)]
-        hd15iqr = ordered[bisect_right(ordered, high) - 1]
-    total = sum(data)
-    stats = {
-        "min": ordered[0], "max": ordered[-1], "mean": mean, "stddev": stddev, "rounds": len(data),
-        "median": statistics.median(data), "iqr": iqr, "q1": q1, "q3": q3, "iqr_outliers": iqr_outliers,
-        "stddev_outliers": stddev_outliers, "outliers": f"{stddev_outliers};{iqr_outliers}",
-        "ld15iqr": ld15iqr, "hd15iqr": hd15iqr, "ops": len(data) / total if total else 0, "total": total,
-    }
+    computed = Stats()
+    for value in data:
+        computed.update(value)
+    stats = computed.as_dict()
     if include_data:
         stats["data"] = data
     stats["iterations"] = int(iterations)
