@@ -161,7 +161,8 @@ def test_a_failed_pool_and_an_evicted_pool_leave_no_rank(runner):
     _assert_all_gone(first, within=0.0, what="ranks of the evicted 2-rank pool")
 
     world.run(2, rank_pid, (), {}, "orphans::before-failure")
-    doomed = [_identity(pid) for pid in world.pools[(2, (0, 1))].pids]
+    [pool] = [pool for key, pool in world.pools.items() if key[:2] == (2, (0, 1))]
+    doomed = [_identity(pid) for pid in pool.pids]
     with pytest.raises(AssertionError, match="rank 1 of 2 raised"):
         world.run(2, fail_on_rank_1, (), {}, "orphans::failure")
     _assert_all_gone(doomed, within=0.0, what="ranks of the pool dropped after a failure")

@@ -46,7 +46,7 @@ def seed_generators(seed: int, device: str) -> None:
     torch.default_generator.manual_seed(seed)
     device_type = device.split(":", 1)[0]
     if device_type != "cpu":
-        torch.get_device_module(device_type).manual_seed(seed)
+        getattr(torch, device_type).manual_seed(seed)  # torch.npu / torch.cuda: the current device
 
 
 def failure_from(rank: int, exc: BaseException) -> Failure:
