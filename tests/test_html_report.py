@@ -1,5 +1,6 @@
 """The static HTML report: rendered from fixture data, every section present (empty ones say so), text
-escaped, and — in headless Chromium — the verdict and every plot actually shown."""
+escaped, the verdict per system under test × area and the known divergences, a killed session's banner
+saying incomplete, and — in headless Chromium — the verdict and every plot actually shown."""
 from __future__ import annotations
 
 import os
@@ -13,24 +14,36 @@ from ascend_conformance.report import benchmarks, results
 from ascend_conformance.report import html as report_html
 from tests import report_data as data
 
-SECTIONS = ("areas", "failures", "matrix", "performance", "perf-collectives", "perf-moe", "perf-other", "perf-memory",
+SECTIONS = ("areas", "failures", "divergences", "matrix", "performance", "perf-collectives", "perf-moe", "perf-other", "perf-memory",
             "perf-balancedness", "figures", "findings", "environment")
 
 
 class _Page(HTMLParser):
-    """Ids, plot images and the text of the page, as a browser-free check."""
+    """Ids, plot images, the header's class, the cells of every table with an id, and the text of the
+    page, as a browser-free check."""
 
     def __init__(self, text: str):
         super().__init__()
         self.ids, self.plots, self.chips, self.scripts = set(), [], [], 0
         self.text: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.header_class = None
         self._chip = None
+        self._table = None
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs:
             self.ids.add(attrs["id"])
+        if tag == "header":
+            self.header_class = attrs.get("class")
+        if tag == "table" and "id" in attrs:
+            self._table = self.tables.setdefault(attrs["id"], [])
+        if self._table is not None and tag == "tr":
+            self._table.append([])
+        if self._table is not None and tag in ("td", "th"):
+            self._table[-1].append("")
         if tag == "img" and "plot" in attrs.get("class", ""):
             self.plots.append(attrs)
         if tag == "script" or tag in ("link",) or (tag == "img" and not attrs.get("src", "").startswith("data:")):
@@ -38,8 +51,14 @@ class _Page(HTMLParser):
         if tag == "span" and "chip" in attrs.get("class", ""):
             self._chip = attrs
 
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+
     def handle_data(self, text):
         self.text.append(text)
+        if self._table is not None and self._table and self._table[-1]:
+            self._table[-1][-1] = " ".join((self._table[-1][-1] + " " + text).split())
         if self._chip is not None:
             self.chips.append((self._chip["class"].split()[1], text, self._chip.get("title", "")))
             self._chip = None
@@ -64,13 +83,26 @@ def fixture_document() -> dict:
                     figures=[{"name": "peak memory", "value": 48.0, "unit": "MiB"}]),
         data.record("suites/test_eplb_placement.py::test_plan", "passed",
                     properties=[["balancedness_uniform", "1.0000 vs round-robin 0.8000"]]),
+        data.record("suites/test_sut_groups.py::test_live_layout[vllm-DP1-PP2-TP2]", "passed", sut=VLLM,
+                    ops="golden"),
+        data.record("suites/test_sut_moe.py::test_method[vllm_ascend-alltoall]", "passed", sut=VLLM_ASCEND,
+                    ops="golden", device_type="A3"),
+        data.record("suites/test_sut_moe.py::test_method[vllm_ascend-allgather-scattered]", "xfailed", DIVERGENCE,
+                    sut=VLLM_ASCEND, ops="golden", device_type="A3", observed=OBSERVED),
     ]
     summary = results.summarize(tests)
     return {"tests": tests, "summary": summary, "verdict": results.overall_verdict(summary),
+            "by_sut": results.summarize_by_sut(tests),
             "environment": {"platform": "npu", "device_model": "Ascend910B3", "cann": "8.0.RC3",
                             "torch": "2.5.1", "host": "npu-host-01"},
             "sessions": [{"session": "conformance-1", "started": 1.7e9, "tests": 6},
                          {"session": "bench-1", "started": 1.7e9 + 600, "tests": 1}]}
+
+
+VLLM, VLLM_ASCEND = "vllm 0.23.0", "vllm_ascend 0.23.0.post1"
+DIVERGENCE = ("AllGather routes by a contiguous expert range, so a scattered expert_map sends tokens to the "
+              "wrong rank — vllm_ascend/ops/fused_moe/token_dispatcher.py TokenDispatcherWithAllGather")
+OBSERVED = "Divergence: vllm_ascend 0.23.0.post1 allgather: 96 of 128 output elements differ from the dense oracle"
 
 
 def fixture_rows(tmp_path) -> list:
@@ -108,6 +140,26 @@ def test_page_has_verdict_matrix_plots_findings_and_environment(page_file):
     assert "busbw" in body and "12.5" in body
     assert "balancedness_uniform" in body and "1.0000 vs round-robin 0.8000" in body
     assert "merged from 2 pytest sessions" in body and "conformance-1" in body and "bench-1" in body
+    assert page.header_class == "fail" and "completeness" not in page.ids, "a finished run says nothing of it"
+
+
+def test_page_shows_the_verdict_per_system_under_test_and_area(page_file):
+    page = _Page(open(page_file, encoding="utf-8").read())
+    header, *rows = page.tables["sut-matrix"]
+    assert header == ["area", "reference fail", f"{VLLM} pass golden ops",
+                      f"{VLLM_ASCEND} pass golden ops; emulating A3"]
+    assert rows == [["groups", "pass 2 passed", "pass 1 passed", "—"],
+                    ["collectives", "fail 1 passed, 1 failed", "—", "—"],
+                    ["moe", "skipped 1 skipped", "—", "pass 1 passed, 1 xfailed"],
+                    ["shared_weight", "pass 1 passed", "—", "—"],
+                    ["eplb", "pass 1 passed", "—", "—"]]
+    assert page.tables["divergence-list"] == [
+        ["system under test", "test", "finding and reference", "observed"],
+        [VLLM_ASCEND, "suites/test_sut_moe.py::test_method[vllm_ascend-allgather-scattered]", DIVERGENCE, OBSERVED]]
+    assert page.tables["conformance-moe"] == [
+        ["feature", "system under test", "configurations"], ["dispatch", "reference", "mc2"],
+        ["method", VLLM_ASCEND, "vllm_ascend-alltoall vllm_ascend-allgather-scattered"]], \
+        "the conformance matrix names each configuration's system under test"
 
 
 def test_sections_without_data_say_so(tmp_path):
@@ -117,27 +169,65 @@ def test_sections_without_data_say_so(tmp_path):
     for sentence in ("No test results: run", "No failures", "No collective benchmarks in this run",
                      "No MoE benchmarks in this run", "No other timed benchmarks in this run", "No memory measurements in this run",
                      "No balancedness figures in this run", "No benchmark JSON found", "No test recorded figures",
-                     "No layout invariant findings recorded", "No environment recorded"):
+                     "No layout invariant findings recorded", "No environment recorded",
+                     "No known divergence was hit in this run"):
         assert sentence in body, sentence
     assert "NO RESULTS" in body
 
 
-def test_report_command_builds_the_page_from_a_results_directory(tmp_path, capsys):
-    results_dir = tmp_path / "reports" / "results"
-    writer = results.RecordWriter(str(results_dir / "s-gw0.jsonl"))
-    for record in fixture_document()["tests"]:
+def _session_dir(results_dir, tests, recorded: int, finished: bool) -> None:
+    """A results directory as a session leaves it: its collection, the records of the first `recorded`
+    tests, and its completion mark when it `finished`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    results.write_collection(str(results_dir), "s1", {t["nodeid"]: (t.get("sut", "reference"), t["area"])
+                                                      for t in tests})
+    writer = results.RecordWriter(str(results_dir / "s1-gw0.jsonl"))
+    for record in tests[:recorded]:
         writer.write(record)
     writer.close()
+    if finished:
+        results.write_finished(str(results_dir), "s1", 0)
+
+
+def test_report_command_builds_the_page_from_a_results_directory(tmp_path, capsys):
+    results_dir = tmp_path / "reports" / "results"
+    tests = fixture_document()["tests"]
+    _session_dir(results_dir, tests, recorded=len(tests), finished=True)
     bench_dir = tmp_path / "reports" / "bench"
     bench_dir.mkdir()
     data.write(bench_dir / "collectives.json", data.document(data.collective_benchmarks()))
     out = tmp_path / "reports" / "index.html"
     assert main(["report", "--results", str(results_dir), "--out", str(out)]) == 0
-    assert f"{out}: verdict fail, 7 tests, 20 benchmarks" in capsys.readouterr().out
+    assert f"{out}: verdict fail [by SUT: reference fail, {VLLM} pass, {VLLM_ASCEND} pass], 10 tests, 20 benchmarks" \
+        in capsys.readouterr().out
     page = _Page(out.read_text())
     assert [p["alt"] for p in page.plots] == ["all_gather: latency and busbw against size",
                                               "all_reduce: latency and busbw against size", "Peak memory per feature"]
     assert "FAIL" in page.text
+
+
+def test_a_session_that_did_not_finish_reads_incomplete(tmp_path, capsys):
+    passing = [t for t in fixture_document()["tests"] if t["outcome"] in ("passed", "xfailed", "skipped")]
+    results_dir, out = tmp_path / "results", tmp_path / "index.html"
+    _session_dir(results_dir, passing, recorded=5, finished=False)
+    assert main(["report", "--results", str(results_dir), "--out", str(out), "--benchmarks"]) == 0
+    line = capsys.readouterr().out
+    assert (f"verdict incomplete (5 of 9 tests have records; session s1 has no completion mark: killed or still "
+            f"running) [by SUT: reference incomplete, {VLLM} incomplete, {VLLM_ASCEND} incomplete], 5 tests") in line
+    page = _Page(out.read_text())
+    assert page.header_class == "incomplete" and "INCOMPLETE" in page.text
+    assert "5 of 9 tests have records" in " ".join(page.text)
+    header, *rows = page.tables["sut-matrix"]
+    assert rows[0] == ["groups", "pass 2 passed", "incomplete 1 missing", "—"]
+
+    results.write_finished(str(results_dir), "s1", 2)  # ended (interrupted) before its last three tests
+    document = results.load(str(results_dir))
+    assert (document["verdict"], document["completeness"]["text"]) == ("incomplete", "5 of 9 tests have records")
+    assert document["completeness"]["missing"] == sorted(t["nodeid"] for t in passing[5:])
+
+    _session_dir(results_dir, passing, recorded=len(passing), finished=True)
+    document = results.load(str(results_dir))
+    assert (document["verdict"], document["completeness"]["complete"]) == ("pass", True)
 
 
 # ----------------------------------------------------------------------------------------------------

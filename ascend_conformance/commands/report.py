@@ -1,7 +1,8 @@
 """`ascend-conformance report`: build the static HTML report from result records and benchmark JSON.
 
 Reads the results directory (every session's JSON-lines records, merged here, so a killed session still
-reports its finished tests) or a merged ``results.json``, and every benchmark JSON file (pytest-benchmark
+reports its finished tests, and is called ``incomplete``: "k of n tests have records") or a merged
+``results.json``, and every benchmark JSON file (pytest-benchmark
 schema) under the benchmark paths; writes one self-contained HTML file.
 """
 from __future__ import annotations
@@ -42,6 +43,5 @@ def run(args) -> int:
         progress.advance(detail=f"{len(rows)} benchmarks read; rendering plots")
         html.write(args.out, document, rows, args.title)
         progress.advance()
-    print(f"{args.out}: verdict {document.get('verdict') or results.overall_verdict(results.summarize(document['tests']))}, "
-          f"{len(document['tests'])} tests, {len(rows)} benchmarks")
+    print(f"{args.out}: {results.verdict_line(document)}, {len(document['tests'])} tests, {len(rows)} benchmarks")
     return 0

@@ -1,4 +1,5 @@
-"""What a result was measured on: platform, device model / SoC, driver, CANN, torch, torch_npu, vllm, host.
+"""What a result was measured on: platform, device model / SoC, driver, CANN, torch, torch_npu, the systems
+under test (vllm, vllm_ascend: release and where it comes from), host.
 
 :func:`capture` returns a flat ``{name: str}`` mapping (the Allure environment, the HTML report's
 environment table, and the ``machine_info`` of benchmark JSON via :func:`machine_info`, whose
@@ -21,7 +22,8 @@ from ascend_conformance import platform as platforms
 
 # Display order of the fields; anything else captured follows in alphabetical order.
 FIELDS = ("platform", "backend", "device_model", "soc", "device_count", "driver", "cann", "torch", "torch_npu",
-          "vllm", "vllm_ascend", "ascend_conformance", "python", "host", "os", "cpu", "git_commit")
+          "vllm", "vllm_origin", "vllm_ascend", "vllm_ascend_origin", "ascend_conformance", "python", "host", "os",
+          "cpu", "git_commit")
 
 
 def _package_version(name: str) -> str:
@@ -56,6 +58,24 @@ def _git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def _systems_under_test() -> dict[str, str]:
+    """``vllm`` / ``vllm_ascend``: the installed release; ``<name>_origin``: a host install or the
+    project's pinned stack, and where it lives (``ascend_conformance.sut.stack``)."""
+    try:
+        from ascend_conformance.sut import stack
+
+        packages = stack.inspect()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        reason = f"unknown ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return {name: _package_version(name) for name in ("vllm", "vllm_ascend")} | {
+            f"{name}_origin": reason for name in ("vllm", "vllm_ascend")}
+    env = {}
+    for name, package in packages.items():
+        env[name] = package.version or "not installed"
+        env[f"{name}_origin"] = f"{package.origin}: {package.location}" if package.version else package.origin
+    return env
+
+
 def capture(platform: platforms.Platform | None = None) -> dict[str, str]:
     """The environment of this process's platform (detected when not given)."""
     plat = platform or platforms.get()
@@ -83,8 +103,7 @@ def capture(platform: platforms.Platform | None = None) -> dict[str, str]:
     env.setdefault("torch_npu", _package_version("torch_npu"))
     env.setdefault("cann", platforms._cann_version())
     env.setdefault("driver", platforms._read_first_line("/usr/local/Ascend/driver/version.info") or "not found")
-    env.setdefault("vllm", _package_version("vllm"))
-    env.setdefault("vllm_ascend", _package_version("vllm_ascend"))
+    env.update(_systems_under_test())
     env["ascend_conformance"] = _package_version("ascend-conformance")
     env["python"] = sys.version.split()[0]
     env["host"] = socket.gethostname()

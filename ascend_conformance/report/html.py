@@ -1,7 +1,9 @@
 """The static HTML report: one self-contained file (``reports/index.html``) that opens from disk.
 
-Sections: the verdict (overall and per area), failures with their evidence and repro commands, the
-conformance matrix (per area: every feature's configurations, coloured by outcome, with skip reasons),
+Sections: the verdict (overall — ``incomplete`` with "k of n tests have records" when a session did not
+finish — then per system under test × area, and per area), failures with their evidence and repro
+commands, the known divergences (every xfailed test with its expectation's finding and reference), the
+conformance matrix (per area: every feature's configurations per system under test, coloured by outcome, with skip reasons),
 performance (latency and busbw against size per collective, dispatch/combine per MoE method, time per
 benchmark of the other areas, memory per feature, EPLB balancedness, and every benchmark as a table), figures the tests recorded, the layout
 invariant findings, and the environment. A section without data says so and what produces it.
@@ -20,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from ascend_conformance.report import results as results_mod
+from ascend_conformance.report import sut_labels
 from ascend_conformance.report.benchmarks import BenchRow
 from ascend_conformance.report.baseline import human_bytes, human_seconds
 
@@ -211,19 +214,50 @@ def _figure_bytes(figure: Mapping) -> float | None:
 
 
 def _matrix(tests: list[Mapping]) -> dict:
-    """area -> {"features": [(feature, [test, ...])], "skips": [(reason, count)]}."""
+    """area -> {"features": [((feature, sut), [test, ...])], "skips": [(reason, count)]}."""
     matrix: dict[str, dict] = {}
     for test in tests:
         area = matrix.setdefault(test.get("area") or "other", {"features": {}, "skips": collections.Counter()})
-        area["features"].setdefault(test.get("feature") or "", []).append(test)
+        area["features"].setdefault((test.get("feature") or "", results_mod.sut_of(test)), []).append(test)
         if test.get("outcome") == "skipped":
             area["skips"][test.get("reason") or "(no reason given)"] += 1
     order = list(results_mod.AREAS)
     out = {}
     for name in sorted(matrix, key=lambda a: (order.index(a) if a in order else len(order), a)):
         area = matrix[name]
-        out[name] = {"features": sorted(area["features"].items()), "skips": area["skips"].most_common()}
+        features = sorted(area["features"].items(), key=lambda kv: (kv[0][0], sut_labels.sort_key(kv[0][1])))
+        out[name] = {"features": features, "skips": area["skips"].most_common()}
     return out
+
+
+def _sut_matrix(by_sut: Mapping[str, Mapping]) -> dict:
+    """The verdict per system under test × area: columns (one per SUT, with the ops it ran on) and rows
+    (one per area, a cell per column: None where that SUT has no test of the area)."""
+    columns = []
+    for sut, entry in by_sut.items():
+        ran_on = [f"{', '.join(entry.get('ops') or [])} ops" if entry.get("ops") else "",
+                  f"emulating {', '.join(entry['device_types'])}" if entry.get("device_types") else ""]
+        columns.append({"sut": sut, "verdict": entry["verdict"], "ran_on": "; ".join(p for p in ran_on if p)})
+    areas = sorted({area for entry in by_sut.values() for area in entry["areas"]},
+                   key=lambda a: (results_mod.AREAS.index(a) if a in results_mod.AREAS else len(results_mod.AREAS), a))
+    rows = [{"area": area, "cells": [_cell(by_sut[c["sut"]]["areas"].get(area)) for c in columns]} for area in areas]
+    return {"columns": columns, "rows": rows}
+
+
+def _cell(counts: Mapping | None) -> dict | None:
+    if counts is None:
+        return None
+    shown = [(name, counts.get(name, 0)) for name in (*results_mod.OUTCOMES, "missing") if counts.get(name, 0)]
+    return {"verdict": counts["verdict"], "counts": ", ".join(f"{n} {name}" for name, n in shown)}
+
+
+def _divergences(tests: list[Mapping]) -> list[dict]:
+    """Every xfailed test: the known divergence (the expectation's finding and reference, as the xfail
+    reason) and what this run observed, grouped by system under test."""
+    rows = [{"sut": results_mod.sut_of(t), "nodeid": t["nodeid"], "area": t.get("area", ""),
+             "reason": t.get("reason") or "(no reason given)", "observed": t.get("observed", "")}
+            for t in tests if t.get("outcome") == "xfailed"]
+    return sorted(rows, key=lambda r: (sut_labels.sort_key(r["sut"]), r["area"], r["nodeid"]))
 
 
 def _load_label(row: BenchRow) -> str:
@@ -233,18 +267,28 @@ def _load_label(row: BenchRow) -> str:
     return label
 
 
+def _when(epoch) -> str:
+    return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S") if epoch else ""
+
+
 def _session_row(session) -> dict:
     if not isinstance(session, Mapping):  # older documents listed bare ids
-        return {"session": str(session), "started": "", "tests": ""}
-    started = session.get("started")
-    when = datetime.datetime.fromtimestamp(started).astimezone().strftime("%Y-%m-%d %H:%M:%S") if started else ""
-    return {"session": session.get("session", ""), "started": when, "tests": session.get("tests", "")}
+        return {"session": str(session), "started": "", "tests": "", "recorded": "", "finished": ""}
+    collected = session.get("collected")
+    finished = session.get("finished")
+    return {"session": session.get("session", ""), "started": _when(session.get("started")),
+            "tests": session.get("tests", ""),
+            "recorded": (f"{session.get('recorded', '')} of {collected}" if collected is not None
+                         else str(session.get("recorded", ""))),
+            "finished": (_when(finished) if finished else "no completion mark" if "finished" in session else "")}
 
 
 def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "ascend-conformance report") -> dict:
     tests = list(document.get("tests") or [])
     summary = document.get("summary") or results_mod.summarize(tests)
-    verdict = document.get("verdict") or results_mod.overall_verdict(summary)
+    completeness = document.get("completeness") or {"complete": True, "text": ""}
+    verdict = document.get("verdict") or results_mod.overall_verdict(summary, completeness["complete"])
+    by_sut = document.get("by_sut") or results_mod.summarize_by_sut(tests)
     totals = collections.Counter(t.get("outcome") for t in tests)
 
     collective_rows = [r for r in bench_rows if r.area == "collectives" or (r.busbw is not None and r.size)]
@@ -281,6 +325,9 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
         "title": title,
         "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         "verdict": verdict,
+        "completeness": completeness,
+        "sut_matrix": _sut_matrix(by_sut),
+        "divergences": _divergences(tests),
         "totals": {o: totals.get(o, 0) for o in results_mod.OUTCOMES},
         "total": len(tests),
         "summary": summary,
@@ -331,7 +378,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
 header { padding: 18px 28px; color: #fff; }
 header.pass { background: #1f7a3f; } header.fail { background: #b3261e; }
-header.skipped, header.no-results { background: #6b6f76; }
+header.skipped, header.no-results { background: #6b6f76; } header.incomplete { background: #8a5300; }
 header h1 { margin: 0 0 4px; font-size: 22px; }
 #verdict { font-size: 30px; font-weight: 700; letter-spacing: .04em; }
 main { padding: 8px 28px 40px; max-width: 1400px; }
@@ -343,7 +390,7 @@ th { color: #555b65; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
 .pass, .passed, .xfailed { background: #1f7a3f; } .fail, .failed, .error, .xpassed { background: #b3261e; }
-.skipped, .no-tests { background: #8a8f96; }
+.skipped, .no-tests { background: #8a8f96; } .incomplete { background: #b26a00; }
 .chip { display: inline-block; margin: 1px 2px; padding: 0 6px; border-radius: 3px; font-size: 12px; color: #fff; }
 .empty { color: #6b6f76; font-style: italic; }
 pre { background: #f3f4f6; padding: 8px; overflow-x: auto; font-size: 12px; max-height: 420px; }
@@ -358,22 +405,32 @@ nav a { margin-right: 14px; color: #fff; }
   <h1>{{ title }}</h1>
   <div><span id="verdict">{{ verdict|upper }}</span>
   &nbsp; {{ total }} tests: {% for outcome, count in totals.items() if count %}{{ count }} {{ outcome }}{% if not loop.last %}, {% endif %}{% endfor %}</div>
+  {% if not completeness.complete %}<div id="completeness"><strong>Incomplete:</strong> {{ completeness.text }}</div>{% endif %}
   <div>{{ platform }}{% if device_model %} · {{ device_model }}{% endif %} · generated {{ generated }}{% if sessions|length > 1 %} · merged from {{ sessions|length }} pytest sessions{% endif %}</div>
-  <nav><a href="#areas">areas</a><a href="#failures">failures</a><a href="#matrix">matrix</a><a href="#performance">performance</a><a href="#figures">figures</a><a href="#findings">layout findings</a><a href="#environment">environment</a></nav>
+  <nav><a href="#areas">areas</a><a href="#failures">failures</a><a href="#divergences">known divergences</a><a href="#matrix">matrix</a><a href="#performance">performance</a><a href="#figures">figures</a><a href="#findings">layout findings</a><a href="#environment">environment</a></nav>
 </header>
 <main>
 
 <section id="areas">
-<h2>Verdict per area</h2>
+<h2>Verdict per system under test and area</h2>
 {% if summary %}
+<table id="sut-matrix">
+<tr><th>area</th>{% for c in sut_matrix.columns %}<th>{{ c.sut }} <span class="badge {{ c.verdict|replace(' ', '-') }}">{{ c.verdict }}</span>{% if c.ran_on %}<br><small>{{ c.ran_on }}</small>{% endif %}</th>{% endfor %}</tr>
+{% for row in sut_matrix.rows %}
+<tr><td>{{ row.area }}</td>{% for cell in row.cells %}<td>{% if cell %}<span class="badge {{ cell.verdict|replace(' ', '-') }}">{{ cell.verdict }}</span> {{ cell.counts }}{% else %}<span class="empty">—</span>{% endif %}</td>{% endfor %}</tr>
+{% endfor %}
+</table>
+<h3>Verdict per area (every system under test)</h3>
 <table>
-<tr><th>area</th><th>verdict</th><th>passed</th><th>failed</th><th>error</th><th>skipped</th><th>xfailed</th><th>xpassed</th><th>total</th></tr>
+<tr><th>area</th><th>verdict</th><th>passed</th><th>failed</th><th>error</th><th>skipped</th><th>xfailed</th><th>xpassed</th><th>no record</th><th>total</th></tr>
 {% for area, counts in summary.items() %}
 <tr><td>{{ area }}</td><td><span class="badge {{ counts.verdict|replace(' ', '-') }}">{{ counts.verdict }}</span></td>
 <td class="num">{{ counts.passed }}</td><td class="num">{{ counts.failed }}</td><td class="num">{{ counts.error }}</td>
-<td class="num">{{ counts.skipped }}</td><td class="num">{{ counts.xfailed }}</td><td class="num">{{ counts.xpassed }}</td><td class="num">{{ counts.total }}</td></tr>
+<td class="num">{{ counts.skipped }}</td><td class="num">{{ counts.xfailed }}</td><td class="num">{{ counts.xpassed }}</td><td class="num">{{ counts.missing|default(0) }}</td><td class="num">{{ counts.total }}</td></tr>
 {% endfor %}
 </table>
+{% elif not completeness.complete %}
+<p class="empty">No test finished before the session stopped ({{ completeness.text }}).</p>
 {% else %}
 <p class="empty">No test results: run <code>make conformance</code> (records land in reports/results/).</p>
 {% endif %}
@@ -400,15 +457,28 @@ nav a { margin-right: 14px; color: #fff; }
 {% endfor %}
 </section>
 
+<section id="divergences">
+<h2>Known divergences ({{ divergences|length }})</h2>
+<p>Tests that failed as an expectation of the release under test says they would (a strict xfail): the finding and its upstream reference, and what this run observed.</p>
+{% if divergences %}
+<table id="divergence-list">
+<tr><th>system under test</th><th>test</th><th>finding and reference</th><th>observed</th></tr>
+{% for d in divergences %}<tr><td>{{ d.sut }}</td><td><code>{{ d.nodeid }}</code></td><td>{{ d.reason }}</td><td>{{ d.observed }}</td></tr>{% endfor %}
+</table>
+{% else %}
+<p class="empty">No known divergence was hit in this run (no xfailed tests).</p>
+{% endif %}
+</section>
+
 <section id="matrix">
 <h2>Conformance matrix</h2>
-<p>Per area: each op / method and its configurations, coloured by outcome (hover for the reason).</p>
+<p>Per area: each op / method and system under test, and its configurations, coloured by outcome (hover for the reason).</p>
 {% for area, data in matrix.items() %}
 <h3>{{ area }}</h3>
-<table>
-<tr><th>feature</th><th>configurations</th></tr>
-{% for feature, tests in data.features %}
-<tr><td>{{ feature }}</td><td>{% for t in tests %}<span class="chip {{ t.outcome }}" title="{{ t.outcome }}{% if t.reason %}: {{ t.reason }}{% endif %}">{{ t.story }}</span>{% endfor %}</td></tr>
+<table id="conformance-{{ area }}">
+<tr><th>feature</th><th>system under test</th><th>configurations</th></tr>
+{% for (feature, sut), tests in data.features %}
+<tr><td>{{ feature }}</td><td>{{ sut }}</td><td>{% for t in tests %}<span class="chip {{ t.outcome }}" title="{{ t.outcome }}{% if t.reason %}: {{ t.reason }}{% endif %}">{{ t.story }}</span>{% endfor %}</td></tr>
 {% endfor %}
 </table>
 {% if data.skips %}
@@ -492,8 +562,8 @@ nav a { margin-right: 14px; color: #fff; }
 {% endif %}
 {% if sessions %}
 <h3>Sessions merged into this report</h3>
-<table><tr><th>session</th><th>started</th><th>results shown</th></tr>
-{% for s in sessions %}<tr><td><code>{{ s.session }}</code></td><td>{{ s.started }}</td><td class="num">{{ s.tests }}</td></tr>{% endfor %}
+<table><tr><th>session</th><th>started</th><th>records of collected tests</th><th>finished</th><th>results shown</th></tr>
+{% for s in sessions %}<tr><td><code>{{ s.session }}</code></td><td>{{ s.started }}</td><td class="num">{{ s.recorded }}</td><td>{{ s.finished }}</td><td class="num">{{ s.tests }}</td></tr>{% endfor %}
 </table>
 {% endif %}
 </section>
