@@ -1,21 +1,28 @@
 # ascend-conformance — the two quick-start commands are `make conformance` and `make test`.
-PYTHON ?= python3
+# Everything runs in the checkout's own virtual environment .venv (created with access to the system
+# site-packages, so an NPU host's torch / torch_npu / CANN Python packages are reused); PYTHON=... runs
+# in an environment of your choice instead. The system interpreter is never installed into.
+VENV ?= .venv
+BASE_PYTHON ?= python3
+PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
+# Systems under test: `pinned` keeps a host's vLLM / vllm-ascend and otherwise installs the pinned pair
+# (ascend_conformance/sut/release.py); `none` skips them (their suites then skip, saying why).
+STACK ?= pinned
 # Parallel workers for the conformance run; on an 8-NPU host use `make conformance WORKERS=8`.
 WORKERS ?= 2
 REPORTS ?= reports
 export TORCH_DEVICE_BACKEND_AUTOLOAD = 0
 
-.PHONY: setup setup-browser conformance report test selftest bench bench-harness clean
+.PHONY: setup setup-browser conformance report test selftest bench bench-harness clean distclean
 
-# Reuse the torch that is installed (NPU hosts ship torch + torch_npu as a pair); otherwise take the
-# CPU build 2.13.0 — an unpinned `torch` would pull a multi-GB CUDA build.
-.setup-stamp: pyproject.toml
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[dev]"
-	touch $@
-
-setup: .setup-stamp
+# torch (the one installed, else the CPU build 2.13.0), this checkout editable with [dev], the stack;
+# tools/ensure_setup.py checks each and installs only what is missing, so every target can depend on it.
+setup:
+	@if [ "$(PYTHON)" = "$(VENV)/bin/python" ] && [ ! -x "$(VENV)/bin/python" ]; then \
+		echo "setup: creating $(VENV) (with system site-packages)"; \
+		$(BASE_PYTHON) -m venv --system-site-packages $(VENV); fi
+	@$(PYTHON) tools/ensure_setup.py --stack $(STACK)
 	-@$(MAKE) --no-print-directory setup-browser
 
 # Optional: headless Chromium for the HTML report's browser test (Debian packages chromium and
@@ -63,3 +70,7 @@ bench-harness: setup
 
 clean:
 	find $(REPORTS) -mindepth 1 ! -name README.md -exec rm -rf {} + 2>/dev/null; rm -rf .setup-stamp .pytest_cache
+
+# Also the virtual environment (and the systems under test installed in it).
+distclean: clean
+	rm -rf $(VENV)

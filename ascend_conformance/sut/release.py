@@ -1,0 +1,89 @@
+"""The vLLM / vllm-ascend pair the project installs where a host has none, and why this pair.
+
+**The pairing.** vllm-ascend releases track one vLLM release each. The newest vllm-ascend on the package
+index is 0.23.0.post1 (published only as a source distribution); its Dockerfile builds it on vLLM
+``v0.23.0``. Newer vLLM releases do not pair with it (vLLM 0.33 moved ``FusedMoE``, which vllm-ascend
+0.23 imports), and older pairs lack the group kinds and MoE methods the suite judges. Both import with
+the CPU torch 2.13 the project runs on here, although their metadata ask for torch 2.10 / 2.11: the code
+paths the suite drives (parallel state, MoE comm methods, layer sharding, EPLB) use no API that changed.
+The pair is therefore (vllm 0.23.0, vllm-ascend 0.23.0.post1).
+
+**How it is installed** (``ascend_conformance.sut.stack.install``): vLLM's wheel with ``--no-deps`` and
+the pure-Python packages below, pinned exactly and also with ``--no-deps``, so nothing can pull a CUDA
+torch or replace the host's torch; vllm-ascend's sdist, checked against its sha256, unpacked as source
+(its C++ / CANN ops are never built). The list is what the import chain of the modules in
+``IMPORTED_MODULES`` needs, found by importing them in an empty environment that has only torch and
+adding what was missing, one package at a time; vLLM's serving, tokenizer and kernel dependencies
+(fastapi, xgrammar, flashinfer, triton, ...) are not in it because nothing the suite drives imports them.
+"""
+from __future__ import annotations
+
+VLLM_VERSION = "0.23.0"
+VLLM_ASCEND_VERSION = "0.23.0.post1"
+VLLM_ASCEND_SDIST_NAME = f"vllm_ascend-{VLLM_ASCEND_VERSION}.tar.gz"
+VLLM_ASCEND_SDIST_URL = ("https://files.pythonhosted.org/packages/ab/7a/"
+                         "32a1b1f13467fb7372588206fa1ffb735f28dcd8504d562f5c7ccdbd90d0/" + VLLM_ASCEND_SDIST_NAME)
+VLLM_ASCEND_SDIST_SHA256 = "a3b9f4a5dd7aa50c37e03d1f35937c4ae5aeacc49b734cac74d59ce5757738e1"
+
+# The modules the SUT adapters import (``stack.import_check`` imports exactly these).
+IMPORTED_MODULES = (
+    "vllm.config",
+    "vllm.distributed.parallel_state",
+    "vllm.distributed.eplb",
+    "vllm.model_executor.layers.fused_moe",
+    "vllm_ascend.ascend_config",
+    "vllm_ascend.distributed.parallel_state",
+    "vllm_ascend.ops.fused_moe.moe_comm_method",
+    "vllm_ascend.ops.fused_moe.token_dispatcher",
+    "vllm_ascend.ops.layer_shard_linear",
+    "vllm_ascend.eplb.core.policy.policy_factory",
+)
+
+# What that import chain needs besides torch and its own dependencies, pinned: pure-Python packages and
+# self-contained binary wheels (numba / llvmlite, scipy, tokenizers, pyzmq, ...), none of them CUDA.
+PURE_PYTHON_REQUIREMENTS = (
+    "aiohappyeyeballs==2.7.1",
+    "aiohttp==3.14.5",
+    "aiosignal==1.4.0",
+    "annotated-types==0.8.0",
+    "anyio==4.16.0",
+    "attrs==26.1.0",
+    "cachetools==8.0.2",
+    "cbor2==6.3.0",
+    "certifi==2026.10.19.post1",
+    "einops==0.8.2",
+    "frozenlist==1.8.0",
+    "gguf==0.19.0",
+    "h11==0.16.0",
+    "httpcore==1.0.9",
+    "httpx==0.28.1",
+    "httpx2==2.16.2",
+    "huggingface-hub==1.33.0",
+    "idna==3.20",
+    "llvmlite==0.50.0",
+    "multidict==7.2.1",
+    "numba==0.68.1",
+    "numpy==2.4.6",
+    "openai==3.57.0",
+    "openai-harmony==0.0.8",
+    "packaging==26.4",
+    "pillow==13.0.0",
+    "propcache==0.5.4",
+    "psutil==7.2.2",
+    "pybase64==1.5.1",
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "pyyaml==6.0.4",
+    "pyzmq==27.3.0",
+    "regex==2026.11.19",
+    "requests==2.34.2",
+    "safetensors==0.8.0",
+    "scipy==1.17.1",
+    "sniffio==1.3.1",
+    "tokenizers==0.22.2",
+    "tqdm==4.70.1",
+    "transformers==5.5.4",
+    "typing-inspection==0.4.5",
+    "urllib3==2.8.0",
+    "yarl==1.25.1",
+)
