@@ -124,7 +124,7 @@ BASE = {"--method": "mc2", "--world-size": "2", "--experts": "8", "--top-k": "2"
     ({"--method": "dummy"}, "argument --method: invalid choice: 'dummy'"),
     ({"--dtype": "float64"}, "argument --dtype: invalid choice: 'float64'"),
     ({"--tokens": "many"}, "argument --tokens: invalid int value: 'many'"),
-    ({"--seed": None}, "the following arguments are required: --seed"),
+    ({"--experts": None}, "the following arguments are required: --experts"),
     ({"--tp": "2", "--dp": "2"}, "dp*tp must equal world_size (EP = the world): dp 2 * tp 2 != 2"),
     ({"--top-k": "9"}, "top_k 9 > experts 8: a token picks K distinct experts"),
     ({"--experts": "7"}, "experts 7 must be a multiple of the EP size 2 (world size) without an expert_map"),
@@ -141,6 +141,14 @@ def test_bad_arguments_name_the_values(capsys, change, message):
     assert _exit_code(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_model_sizes_dtype_and_seed_have_defaults_and_the_repro_line_names_them():
+    required = ["--method", "mc2", "--world-size", "2", "--experts", "8", "--top-k", "2", "--tokens", "4"]
+    scenario = _scenario(required)
+    assert (scenario.hidden, scenario.intermediate, scenario.dtype, scenario.seed) == (1024, 256, "bfloat16", 0)
+    assert scenario.repro().endswith("--hidden 1024 --intermediate 256 --dtype bfloat16 --seed 0 --dump DIR")
+    assert _scenario(scenario.cli_args()) == scenario
 
 
 def _exit_code(argv: list[str]) -> int:

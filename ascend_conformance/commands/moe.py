@@ -3,7 +3,11 @@
     python -m ascend_conformance moe --method mc2 --world-size 4 --dp 2 --tp 2 --experts 16 --top-k 2 \\
         --tokens 5 --hidden 8 --intermediate 4 --dtype bfloat16 --seed 7 --dump /tmp/moe-case
 
-prints one JSON object (the scenario, tokens per DP rank, the op provider, ``max_abs_err`` against the
+``--hidden``, ``--intermediate``, ``--dtype`` and ``--seed`` may be left out: H 1024 and I 256 (sizes the real
+MC2 ops accept on both A2 and A3), bfloat16 (what torch_npu's dispatch / combine take) and seed 0. The repro
+line always names all of them.
+
+It prints one JSON object (the scenario, tokens per DP rank, the op provider, ``max_abs_err`` against the
 float32 oracle, the policy's rtol / atol, ``ok``, the repro command) and exits 0 when every rank is within
 tolerance, 1 when not. With ``--dump DIR`` it writes ``DIR/rank{r}.pt`` per rank: a dict of ``x [n_r, H]``,
 ``topk_ids [n_r, K]``, ``topk_weights [n_r, K]``, ``w13 [E, 2I, H]`` and ``w2 [E, H, I]`` (global) and
@@ -31,6 +35,7 @@ HELP = "run one MoE scenario (a comm method on a fresh world) against the dense 
 
 METHOD_CHOICES = ("native_allgather", "allgather", "alltoall", "mc2")
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+DEFAULT_HIDDEN, DEFAULT_INTERMEDIATE, DEFAULT_DTYPE = 1024, 256, "bfloat16"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experts", type=int, required=True, metavar="E")
     parser.add_argument("--top-k", type=int, required=True, metavar="K")
     parser.add_argument("--tokens", type=int, required=True, metavar="N", help="tokens of the fullest DP rank")
-    parser.add_argument("--hidden", type=int, required=True, metavar="H")
-    parser.add_argument("--intermediate", type=int, required=True, metavar="I")
-    parser.add_argument("--dtype", required=True, choices=DTYPE_CHOICES)
-    parser.add_argument("--seed", type=int, required=True, metavar="S")
+    parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN, metavar="H",
+                        help=f"hidden size (default {DEFAULT_HIDDEN}: the real MC2 ops need 1024..8192 on A3, a "
+                             f"multiple of 32 on A2)")
+    parser.add_argument("--intermediate", type=int, default=DEFAULT_INTERMEDIATE, metavar="I",
+                        help=f"expert intermediate size (default {DEFAULT_INTERMEDIATE})")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_CHOICES,
+                        help=f"activation and weight dtype (default {DEFAULT_DTYPE}, as torch_npu's dispatch needs)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every input (default 0)")
     parser.add_argument("--dump", metavar="DIR", help="write DIR/rank{r}.pt (inputs, global weights, output)")
     parser.add_argument("--tokens-per-dp", metavar="N0,N1,...",
                         help="token count of every DP rank (max must be --tokens); default: seeded, up to N")
