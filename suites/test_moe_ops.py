@@ -497,7 +497,7 @@ _INVALID_CALLS = {
         lambda: golden.npu_moe_token_unpermute(_x(8), torch.arange(8)), "sorted_indices must be int32 [N*K]"),
     "unpermute: index past the rows": (
         lambda: golden.npu_moe_token_unpermute(_x(8), torch.arange(1, 9, dtype=torch.int32)),
-        "sorted_indices values must be [0, 8), got 8"),
+        "sorted_indices values must be [-1, 8), got 8"),
     "unpermute: probs of the wrong size": (
         lambda: golden.npu_moe_token_unpermute(_x(8), torch.arange(8, dtype=torch.int32), probs=torch.ones(3, 2)),
         "probs [N, K] must have N*K = 8 elements"),

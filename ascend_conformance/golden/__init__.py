@@ -58,6 +58,7 @@ Modules
     validation.py         the one-line input checks every op shares
     routing.py            npu_moe_init_routing_v2, npu_moe_token_permute / unpermute, npu_moe_finalize_routing
     matmul.py             npu_grouped_matmul
+    activation.py         npu_swiglu
     handshake.py          the header the EP ranks exchange before a dispatch / combine moves data
     distribute_inputs.py  each rank's own dispatch / combine input checks
     distribute.py         npu_moe_distribute_dispatch(_v2), npu_moe_distribute_combine(_v2)
@@ -69,6 +70,7 @@ from ascend_conformance.golden.distribute import (
     npu_moe_distribute_combine, npu_moe_distribute_combine_v2, npu_moe_distribute_dispatch,
     npu_moe_distribute_dispatch_v2,
 )
+from ascend_conformance.golden.activation import npu_swiglu
 from ascend_conformance.golden.matmul import npu_grouped_matmul
 from ascend_conformance.golden.routing import (
     npu_moe_finalize_routing, npu_moe_init_routing_v2, npu_moe_token_permute, npu_moe_token_unpermute,
@@ -80,6 +82,7 @@ __all__ = [
     "npu_moe_token_unpermute",
     "npu_moe_finalize_routing",
     "npu_grouped_matmul",
+    "npu_swiglu",
     "npu_moe_distribute_dispatch",
     "npu_moe_distribute_dispatch_v2",
     "npu_moe_distribute_combine",

@@ -132,7 +132,7 @@ def _expert_tokens(counts: torch.Tensor, lo: int, expert_tokens_num_type: int) -
 def npu_moe_init_routing_v2(x, expert_idx, *, scale=None, offset=None, active_num=-1, expert_capacity=-1,
                             expert_num=-1, drop_pad_mode=0, expert_tokens_num_type=0,
                             expert_tokens_num_flag=False, quant_mode=-1, active_expert_range=(),
-                            row_idx_type=0):
+                            row_idx_type=0, x_dtype=None):
     """Sort the token copies of the valid routing entries by expert (dropless).
 
     Returns ``(expanded_x, expanded_row_idx, expert_tokens, expanded_scale)``:
@@ -148,6 +148,7 @@ def npu_moe_init_routing_v2(x, expert_idx, *, scale=None, offset=None, active_nu
 
     quant_mode 1 quantises each expanded row (after multiplying by ``scale[expert - lo]`` when a smooth
     ``scale [hi-lo, H]`` is given): scale = rowmax|x| / 127, q = round-half-even(x / scale).
+    ``x_dtype`` (newer torch_npu: the quantised dtype of the MX / FP8 modes) is accepted only as None.
 
     >>> x = torch.tensor([[1.0], [2.0]])
     >>> expanded_x, row_idx, tokens, _ = npu_moe_init_routing_v2(
@@ -163,7 +164,7 @@ def npu_moe_init_routing_v2(x, expert_idx, *, scale=None, offset=None, active_nu
     check_choice(op, "quant_mode", quant_mode, (-1, 1), " (-1 none, 1 dynamic int8; static 0 is unsupported)")
     check_choice(op, "row_idx_type", row_idx_type, (0, 1))
     check_choice(op, "expert_tokens_num_type", expert_tokens_num_type, (0, 1, 2))
-    check_unsupported(op, offset=(offset, None))
+    check_unsupported(op, offset=(offset, None), x_dtype=(x_dtype, None))
     lo, hi = _active_expert_range(op, active_expert_range, expert_num)
     check_range(op, "expert_idx", expert_idx, 0, expert_num if expert_num > 0 else None)
     _check_routing_scale(op, x, scale, quant_mode, lo, hi)
@@ -223,6 +224,11 @@ def npu_moe_token_unpermute(permuted_tokens, sorted_indices, probs=None, padded_
     ``out[n] = Σ_k probs[n, k] · permuted_tokens[sorted_indices[n·K + k]]``, accumulated in float32.
     Output dtype = permuted_tokens dtype. Repeated indices are allowed (callers map dropped entries onto
     a real row and give them weight 0); a non-finite row still poisons a weight-0 product, as on the NPU.
+    ``restore_shape`` (``[N, H]``, the shape of the tokens before permute) is accepted when it is the
+    output's shape; the op never reshapes to anything else. An index of -1 marks an entry that was never
+    routed (``npu_moe_init_routing_v2`` outside its active range): it contributes nothing, its weight
+    unused, so not even a non-finite row reaches the token (without probs its row is zeros). vllm-ascend's
+    A5 adaptor passes the routing's -1 entries as they are and relies on this.
 
     >>> rows = torch.tensor([[1.0], [2.0], [1.0], [2.0]])
     >>> order = torch.tensor([2, 0, 1, 3], dtype=torch.int32)
@@ -232,18 +238,31 @@ def npu_moe_token_unpermute(permuted_tokens, sorted_indices, probs=None, padded_
     op = "npu_moe_token_unpermute"
     check_tensor(op, "permuted_tokens", permuted_tokens, FLOATS, (2,), f"{FLOAT_NAMES} [N*K, H]")
     check_tensor(op, "sorted_indices", sorted_indices, (torch.int32,), (1,), "int32 [N*K]")
-    check_unsupported(op, padded_mode=(padded_mode, False), restore_shape=(restore_shape, None))
-    check_range(op, "sorted_indices", sorted_indices, 0, permuted_tokens.shape[0])
-    index = sorted_indices.long()
+    check_unsupported(op, padded_mode=(padded_mode, False))
+    check_range(op, "sorted_indices", sorted_indices, -1, permuted_tokens.shape[0])
+    routed = (sorted_indices >= 0).unsqueeze(-1)
+    index = sorted_indices.long().clamp(min=0)
     if probs is None:
-        return permuted_tokens.index_select(0, index)
+        rows = permuted_tokens.index_select(0, index) if permuted_tokens.shape[0] else \
+            permuted_tokens.new_zeros((index.numel(), permuted_tokens.shape[-1]))
+        return _restored(op, torch.where(routed, rows, torch.zeros_like(rows)), restore_shape)
     check_tensor(op, "probs", probs, FLOATS, (2,), f"{FLOAT_NAMES} [N, K]")
     if probs.numel() != index.numel():
         fail(op, f"probs [N, K] must have N*K = {index.numel()} elements (one per sorted index), got {got(probs)}")
     n_tokens, top_k = probs.shape
     # the hidden size is explicit: with 0 tokens a -1 would be ambiguous
-    rows = permuted_tokens.index_select(0, index).float().view(n_tokens, top_k, permuted_tokens.shape[-1])
-    return (rows * probs.float().unsqueeze(-1)).sum(dim=1).to(permuted_tokens.dtype)
+    hidden = permuted_tokens.shape[-1]
+    rows = (permuted_tokens.index_select(0, index) if permuted_tokens.shape[0] else
+            permuted_tokens.new_zeros((index.numel(), hidden))).float().view(n_tokens, top_k, hidden)
+    weighted = torch.where(routed.view(n_tokens, top_k, 1), rows * probs.float().unsqueeze(-1), 0.0)
+    return _restored(op, weighted.sum(dim=1).to(permuted_tokens.dtype), restore_shape)
+
+
+def _restored(op: str, out: torch.Tensor, restore_shape) -> torch.Tensor:
+    """``out`` when restore_shape is None or names out's own shape; a ConfigError otherwise."""
+    if restore_shape is not None and [int(d) for d in restore_shape] != list(out.shape):
+        fail(op, f"restore_shape {list(restore_shape)} must be the output shape {list(out.shape)}")
+    return out
 
 
 # ----------------------------------------------------------------------------- npu_moe_finalize_routing
