@@ -29,7 +29,11 @@ What it provides besides the ops, each as a real torch_npu host would have it:
   (``standin-hccl-<group name>``), and the golden distribute ops are handed the ProcessGroup that name
   stands for (:func:`process_group_for_hccl_name`);
 * the vllm-ascend custom ops (``torch.ops._C_ascend.*``) of the unquantized MoE path, registered on the
-  golden models by :mod:`ascend_conformance.sut.standin_custom_ops`.
+  golden models by :mod:`ascend_conformance.sut.standin_custom_ops`;
+* the integer dtypes an NPU kernel of a plain torch op accepts where the CPU kernel does not:
+  ``torch.histc`` of int32 expert ids (vllm-ascend's all-to-all dispatcher counts tokens per expert that
+  way; torch_npu's histc takes integer input and returns the input's dtype). Computed exactly in float64
+  and returned in the input's dtype; floating inputs go to torch's own kernel untouched.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ def activate(device_type: str = DEFAULT_DEVICE_TYPE) -> str:
         return "torch_npu"
     _name_the_npu_device()
     _answer_hccl_comm_names()
+    _accept_npu_integer_histc()
     from ascend_conformance.sut import standin_custom_ops
 
     standin_custom_ops.register()
@@ -97,11 +102,48 @@ def activate(device_type: str = DEFAULT_DEVICE_TYPE) -> str:
 
 
 def _name_the_npu_device() -> None:
-    """``torch.device("npu")`` parses, as it does once torch_npu renamed PrivateUse1 (no device exists)."""
+    """``torch.device("npu")`` parses, as it does once torch_npu renamed PrivateUse1, while torch still
+    sees no accelerator: the PrivateUse1 hooks say not built, not available (so ``torch.accelerator``
+    and ``torch.distributed`` keep choosing the CPU)."""
     import torch
 
-    if torch._C._get_privateuse1_backend_name() == "privateuseone":
-        torch.utils.rename_privateuse1_backend("npu")
+    if torch._C._get_privateuse1_backend_name() != "privateuseone":
+        return
+
+    class _NoDevice(torch._C._acc.PrivateUse1Hooks):
+        def is_available(self) -> bool:
+            return False
+
+        def has_primary_context(self, device_index) -> bool:
+            return False
+
+        def is_built(self) -> bool:
+            return False
+
+    class _NoDeviceGuard(torch._C._acc.DeviceGuard):
+        def type_(self):
+            return torch._C._autograd.DeviceType.PrivateUse1
+
+    torch.utils.rename_privateuse1_backend("npu")
+    torch._C._acc.register_python_privateuseone_hook(_NoDevice())
+    torch._C._acc.register_python_privateuseone_device_guard(_NoDeviceGuard())
+
+
+def _accept_npu_integer_histc() -> None:
+    import torch
+
+    histc = torch.histc
+    if getattr(histc, "__standin__", False):
+        return
+
+    @functools.wraps(histc)
+    def npu_histc(input, bins=100, min=0, max=0, *, out=None):
+        if out is not None or input.is_floating_point():
+            return histc(input, bins=bins, min=min, max=max, **({"out": out} if out is not None else {}))
+        return histc(input.to(torch.float64), bins=bins, min=min, max=max).to(input.dtype)
+
+    npu_histc.__standin__ = True
+    torch.histc = npu_histc
 
 
 # -- HCCL communicator names ------------------------------------------------------------------------
@@ -236,7 +278,16 @@ def npu_module() -> types.ModuleType:
     npu.get_soc_version = _soc_version
     npu.__standin__ = True
     sys.modules["torch_npu.npu"] = npu
+    _tensors_stay_on_the_host()
     return npu
+
+
+def _tensors_stay_on_the_host() -> None:
+    """``tensor.npu()`` (vllm-ascend moves maps "to the device" that way) returns the tensor itself."""
+    import torch
+
+    if not hasattr(torch.Tensor, "npu"):
+        torch.Tensor.npu = lambda self, *args, **kwargs: self
 
 
 def golden_op(name: str):
