@@ -7,6 +7,7 @@ their own, never on the pools the reference suites use.
 from __future__ import annotations
 
 
-def sut_world(world, sut: str, n: int, timeout: float | None = None):
-    """``world(n)`` on the warm pools kept for ``sut`` (``"vllm"`` or ``"vllm_ascend"``)."""
-    return world(n, timeout=timeout, pool=sut)
+def sut_world(world, sut: str, n: int, timeout: float | None = None, variant: str = ""):
+    """``world(n)`` on the warm pools kept for ``sut`` (``"vllm"`` or ``"vllm_ascend"``); a ``variant``
+    (e.g. the device type a stand-in emulates, fixed for the life of a rank) gets pools of its own."""
+    return world(n, timeout=timeout, pool=f"{sut}-{variant}" if variant else sut)
