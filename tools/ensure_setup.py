@@ -45,12 +45,12 @@ def pyproject_hash() -> str:
 
 def installed_checkout() -> str | None:
     """The directory this environment's editable ascend-conformance install points at, or None."""
-    try:
-        text = importlib.metadata.distribution("ascend-conformance").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    url = json.loads(text or "{}").get("url", "")
-    return os.path.realpath(url[len("file://"):]) if url.startswith("file://") else None
+    # Only the installed distribution has direct_url.json (a build's egg-info in a checkout on sys.path has not).
+    for dist in importlib.metadata.distributions(name="ascend-conformance"):
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if url.startswith("file://"):
+            return os.path.realpath(url[len("file://"):])
+    return None
 
 
 def stamp_current() -> bool:
