@@ -28,6 +28,7 @@ VLLM_ASCEND_SDIST_SHA256 = "a3b9f4a5dd7aa50c37e03d1f35937c4ae5aeacc49b734cac74d5
 # The modules the SUT adapters import (``stack.import_check`` imports exactly these).
 IMPORTED_MODULES = (
     "vllm.config",
+    "vllm.v1.executor",  # imported by vLLM's ParallelConfig validation when the groups adapter builds one
     "vllm.distributed.parallel_state",
     "vllm.distributed.eplb",
     "vllm.model_executor.layers.fused_moe",
@@ -61,6 +62,7 @@ PURE_PYTHON_REQUIREMENTS = (
     "huggingface-hub==1.33.0",
     "idna==3.20",
     "llvmlite==0.50.0",
+    "msgspec==0.22.0",
     "multidict==7.2.1",
     "numba==0.68.1",
     "numpy==2.4.6",
@@ -68,6 +70,7 @@ PURE_PYTHON_REQUIREMENTS = (
     "openai-harmony==0.0.8",
     "packaging==26.4",
     "pillow==13.0.0",
+    "prometheus-client==0.26.0",
     "propcache==0.5.4",
     "psutil==7.2.2",
     "pybase64==1.5.1",
@@ -85,5 +88,6 @@ PURE_PYTHON_REQUIREMENTS = (
     "transformers==5.5.4",
     "typing-inspection==0.4.5",
     "urllib3==2.8.0",
+    "uvloop==0.23.0",
     "yarl==1.25.1",
 )
