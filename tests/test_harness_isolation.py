@@ -5,6 +5,7 @@ run" is guaranteed to be on the same processes; the last tests make the pool unu
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -115,6 +116,30 @@ def rank_pid():
     return os.getpid()
 
 
+LAZY_MODULE = "_isolation_lazily_imported"
+LAZY_SOURCE = """
+import os
+import warnings
+
+os.environ["ISOLATION_SET_AT_IMPORT"] = "by the module"
+warnings.filterwarnings("ignore", message="isolation-lazy")
+"""
+
+
+def import_lazily(directory):
+    """What a SUT adapter does: import a module inside the rank function (here one that sets an
+    environment variable at import, as vllm's env_override.py does)."""
+    sys.path.insert(0, directory)
+    importlib.import_module(LAZY_MODULE)
+    os.environ[LEAK_VAR] = "by the test"
+    return os.environ["ISOLATION_SET_AT_IMPORT"]
+
+
+def lazily_imported_state():
+    return (LAZY_MODULE in sys.modules, os.environ.get("ISOLATION_SET_AT_IMPORT"), os.environ.get(LEAK_VAR),
+            any(f[1] is not None and f[1].pattern == "isolation-lazy" for f in warnings.filters))
+
+
 # --- tests ------------------------------------------------------------------------------------------------
 def test_state_a_test_changes_is_put_back_before_the_next(runner, tmp_path):
     before = run(runner, observe_state)
@@ -131,6 +156,12 @@ def test_state_a_test_changes_is_put_back_before_the_next(runner, tmp_path):
     for item in (f"env {LEAK_VAR} (unset)", "env PATH", "env HOME", "working directory", "grad mode",
                  "default device", "SIGUSR1 handler", "signal mask", "pending alarm (cancelled)"):
         assert item in text, f"{item!r} missing from the rank log's restore line"
+
+
+def test_what_a_module_sets_when_a_test_imports_it_stays_with_it(runner, tmp_path):
+    (tmp_path / f"{LAZY_MODULE}.py").write_text(LAZY_SOURCE)
+    assert run(runner, import_lazily, str(tmp_path)) == ["by the module"] * 2
+    assert run(runner, lazily_imported_state) == [(True, "by the module", None, True)] * 2
 
 
 def test_a_joined_thread_keeps_the_pool(runner):
@@ -163,6 +194,26 @@ def test_a_thread_left_running_recycles_the_pool_and_the_log_says_why(runner, da
 
 
 # --- the guard in this process (no ranks) ------------------------------------------------------------------
+def test_the_guard_keeps_import_time_settings_and_puts_back_the_tests(tmp_path, monkeypatch):
+    name = "_isolation_guard_lazy"
+    (tmp_path / f"{name}.py").write_text("import os\nos.environ['ISOLATION_GUARD_IMPORT'] = 'by the module'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(LEAK_VAR, raising=False)
+    guard = StateGuard(rearm=lambda signals: None, watch_imports=True)
+    try:
+        guard.before_run()
+        importlib.import_module(name)
+        os.environ[LEAK_VAR] = "by the test"
+        outcome = guard.after_run()
+        assert os.environ.get("ISOLATION_GUARD_IMPORT") == "by the module"
+        assert LEAK_VAR not in os.environ
+        assert outcome.restored == [f"env {LEAK_VAR} (unset)"] and outcome.unrestorable == []
+    finally:
+        guard.close()
+        sys.modules.pop(name, None)
+        os.environ.pop("ISOLATION_GUARD_IMPORT", None)
+
+
 def test_import_time_settings_of_a_new_module_are_kept(monkeypatch):
     """What a module sets when it is imported belongs to it: the baseline is re-taken after imports."""
     guard = StateGuard(rearm=lambda signals: None)

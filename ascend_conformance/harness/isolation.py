@@ -17,10 +17,14 @@ None) that the test replaced, a working directory that no longer exists, a torch
 mode the test entered and never left.
 
 The baseline is the state just before the test function runs, after the harness imported the test's
-modules: what a module sets when it is imported (a logger level, a warnings filter) belongs to it, as
-it would in a fresh process. Since every run ends restored, the baseline is re-taken only when that can
-differ — new modules were imported or sys.path changed — so a warm run pays for comparisons only:
-a handful of C calls, one dict comparison for the environment and one getcwd().
+modules: what a module sets when it is imported belongs to it, as it would in a fresh process. That
+holds for modules a test imports lazily inside a rank function too (``from vllm... import`` in a SUT
+adapter): with ``watch_imports`` the guard wraps the import system's module loader, and what a first
+import changes (vllm's env_override.py sets TORCHINDUCTOR_COMPILE_THREADS, say; a warnings filter, a
+signal handler, a helper thread) joins the baseline instead of being put back after the test. Since
+every run ends restored, the baseline is re-taken only when it can differ — new modules were imported
+or sys.path changed — so a warm run pays for comparisons only: a handful of C calls, one dict
+comparison for the environment and a few cheap syscalls (getcwd, the signal mask, the alarm timer).
 
 Logging levels are compared only when some ``setLevel`` / ``logging.disable`` ran since the baseline:
 both clear every logger's level cache (``Manager._clear_cache``), which removes a marker this module
@@ -151,14 +155,63 @@ class _Baseline:
                    recursion_limit=sys.getrecursionlimit(), modules=len(sys.modules))
 
 
-class StateGuard:
-    """``before_run()`` just before the test function, ``after_run()`` after it (and after the
-    harness's own clean-up); `rearm(signals)` re-installs the harness's handlers (faulthandler) for
-    signals whose Python-level handler was put back."""
+@dataclasses.dataclass
+class _ImportStart:
+    """What an import may change, taken when the loader starts executing a new module (~10 us)."""
 
-    def __init__(self, rearm: Callable[[set], None]):
+    environ: dict
+    torch_modes: tuple
+    sys_path: list
+    warning_filters: list
+    root_handlers: list
+    signals: tuple
+    threads: set
+
+    @classmethod
+    def take(cls) -> "_ImportStart":
+        return cls(dict(_environ()), _torch_modes(), list(sys.path), list(warnings.filters),
+                   list(logging.root.handlers), _signals(), set(threading.enumerate()))
+
+
+def watch_module_loads(on_import: Callable[[_ImportStart], None]) -> Callable[[], None]:
+    """Call ``on_import(state_at_start)`` each time a module is loaded for the first time, once its
+    code has run; returns the function that stops watching.
+
+    It wraps ``_load_unlocked`` of the import system (importlib._bootstrap), which executes every newly
+    imported module whether through an import statement or importlib.import_module; modules already in
+    sys.modules never reach it, so a warm run does not pay for it. Where an interpreter lacks it, nothing
+    is watched (import-time settings of lazily imported modules are then put back like a test's).
+    """
+    bootstrap = sys.modules.get("_frozen_importlib")
+    original = getattr(bootstrap, "_load_unlocked", None)
+    if original is None:
+        return lambda: None
+
+    def load_unlocked(spec):
+        start = _ImportStart.take()
+        try:
+            return original(spec)
+        finally:
+            on_import(start)
+
+    bootstrap._load_unlocked = load_unlocked
+
+    def stop() -> None:
+        bootstrap._load_unlocked = original
+
+    return stop
+
+
+class StateGuard:
+    """``before_run()`` just before the test function, ``after_run()`` after it (before the harness's
+    own clean-up); `rearm(signals)` re-installs the harness's handlers (faulthandler) for signals whose
+    Python-level handler was put back. With `watch_imports`, what a module changes when a test imports
+    it for the first time is kept (see the module docstring); ``close()`` stops watching."""
+
+    def __init__(self, rearm: Callable[[set], None], watch_imports: bool = False):
         self._rearm = rearm
         self._baseline: _Baseline | None = None
+        self.close = watch_module_loads(self._absorb_import) if watch_imports else (lambda: None)
 
     def before_run(self) -> None:
         base = self._baseline
@@ -214,6 +267,37 @@ class StateGuard:
             outcome.restored.append("recursion limit")
         self._check_threads(base, outcome)
         return outcome
+
+    def _absorb_import(self, start: _ImportStart) -> None:
+        """Make what the import that began at `start` changed part of the baseline."""
+        base = self._baseline
+        if base is None:
+            return
+        environ = _environ()
+        if environ != start.environ:
+            for key in start.environ.keys() - environ.keys():
+                base.environ.pop(key, None)
+            for key, value in environ.items():
+                if start.environ.get(key) != value:
+                    base.environ[key] = value
+        modes = _torch_modes()
+        if modes != start.torch_modes:
+            base.torch_modes = tuple(now if now != then else kept
+                                     for now, then, kept in zip(modes, start.torch_modes, base.torch_modes))
+        signals = _signals()
+        if signals != start.signals:
+            base.signals = tuple(now if now != then else kept
+                                 for now, then, kept in zip(signals, start.signals, base.signals))
+        if sys.path != start.sys_path:
+            added = [entry for entry in sys.path if entry not in start.sys_path]
+            base.sys_path = [entry for entry in sys.path if entry in base.sys_path or entry in added] + \
+                [entry for entry in base.sys_path if entry not in sys.path]
+        if warnings.filters != start.warning_filters:
+            added = [entry for entry in warnings.filters if entry not in start.warning_filters]
+            base.warning_filters = added + [entry for entry in base.warning_filters if entry not in added]
+        if logging.root.handlers != start.root_handlers:
+            base.root_handlers += [h for h in logging.root.handlers if h not in start.root_handlers]
+        base.threads |= set(threading.enumerate()) - start.threads
 
     # --- the restorers (run only for what changed) ------------------------------------------------
     @staticmethod

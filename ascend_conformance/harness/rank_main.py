@@ -85,7 +85,7 @@ def rank_main(spec: RankSpec, conn) -> None:
                                       traceback.format_exc())))
         return
     _send(conn, ("ready", {"pid": os.getpid(), "device": device}))
-    _serve(spec, device, conn, isolation.StateGuard(rearm=dumps.install))
+    _serve(spec, device, conn, isolation.StateGuard(rearm=dumps.install, watch_imports=True))
 
 
 class _StackDumps:
