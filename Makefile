@@ -59,10 +59,10 @@ test: setup
 selftest: setup
 	$(PYTEST) tests/ -n $(WORKERS)
 
-# Benchmarks run serially with the host to themselves.
+# Benchmarks run serially with the host to themselves; their JSON goes to $(REPORTS)/benchmarks/.
 bench: setup
 	mkdir -p $(REPORTS)
-	$(PYTEST) suites/ -m bench -p no:xdist
+	$(PYTEST) suites/ -m bench -p no:xdist --results-dir=$(REPORTS)/results
 
 bench-harness: setup
 	mkdir -p $(REPORTS)

@@ -5,13 +5,12 @@
   pytest-benchmark's own, a document that ``pytest-benchmark compare`` and the suite's report both read.
 * ``-m bench -p no:xdist``: a short sweep on 2, 4 and 8 ranks through the same code as
   ``benchmarks/collectives.py``; every measured op must be correct (#wrong 0), and the figures land in
-  ``reports/benchmarks/collectives-w{n}.json``. The suite/raw ratio is reported, not asserted: on a
+  ``reports/benchmarks/collectives-w{n}.json`` (next to ``--results-dir``). The suite/raw ratio is reported, not asserted: on a
   shared CPU host it measures the neighbours as much as the suite.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -146,7 +145,7 @@ BENCH_SIZES = (8, 4096, 65536)
 
 @pytest.mark.bench
 @pytest.mark.parametrize("world_size", [2, 4, 8])
-def test_collective_sweep(world, world_size, record_property):
+def test_collective_sweep(world, world_size, record_property, report):
     spec = bench.SweepSpec(config=bench.representative_config(world_size), sizes=BENCH_SIZES, iters=10,
                            warmup=2, rounds=3)
     rows = world(world_size, timeout=1800).run(bench.run_sweep, spec)[0]
@@ -162,8 +161,7 @@ def test_collective_sweep(world, world_size, record_property):
 
     entries = bench.benchmark_entries(rows, world_size, spec, platform.get().name,
                                       test_prefix="suites/test_bench_collectives.py::test_collective_sweep")
-    path = benchmark_json.write(os.path.join("reports", "benchmarks", f"collectives-w{world_size}.json"),
-                                benchmark_json.document(entries))
+    path = report.benchmark_json(f"collectives-w{world_size}.json", entries)
     assert len(load_file(path)) == 2 * len(measured)
     ratios = sorted(bench.overhead_ratio(row["suite"], row["raw"]) for row in measured)
     record_property("suite_raw_ratio_median", round(ratios[len(ratios) // 2], 3))

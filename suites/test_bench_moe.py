@@ -14,14 +14,11 @@ its figures to the report. Every timed path was first checked against ``x · Σ 
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from ascend_conformance import platform as platforms
 from ascend_conformance.moe import benchmark
-from ascend_conformance.report import benchmark_json
 
 pytestmark = pytest.mark.bench
 
@@ -31,11 +28,6 @@ SHAPE = {"world_size": 8 if ON_ACCELERATOR else 4, "tokens": 256 if ON_ACCELERAT
          "experts": 64, "top_k": 8, "dtype": "bfloat16"}
 ROUNDS, WARMUP = (50, 10) if ON_ACCELERATOR else (10, 2)
 METHODS = ("native_allgather", "allgather", "alltoall", "mc2")
-
-
-def _write(request, name: str, entries: list[dict]) -> str:
-    path = os.path.join(str(request.config.rootpath), "reports", "benchmarks", f"moe_{name}.json")
-    return benchmark_json.write(path, benchmark_json.document(entries))
 
 
 def test_permute_unpermute_throughput(world, report, request):
@@ -58,8 +50,8 @@ def test_permute_unpermute_throughput(world, report, request):
         # Moving the bytes cannot take less than copying them (10 % for timer noise).
         assert figures["times_floor"] > 0.9, f"{name} beats the copy floor: the byte accounting is wrong"
     shape = {**SHAPE, "world_size": 1}
-    path = _write(request, "permute_unpermute", benchmark.benchmark_entries(shape, result, {},
-                                                                             source="suites/test_bench_moe.py"))
+    path = report.benchmark_json("moe_permute_unpermute.json",
+                                 benchmark.benchmark_entries(shape, result, {}, source="suites/test_bench_moe.py"))
     report.attach("table", benchmark.format_table(shape, result, {}) + f"\n\nJSON: {path}")
 
 
@@ -87,9 +79,10 @@ def test_dispatch_combine_latency_bandwidth_and_memory(world, report, request, m
         report.figure(f"{phase} / raw all_to_all_single", figures[phase]["ratio"], "x")
     report.figure("dispatch+combine / raw", figures["ratio"], "x", target=benchmark.TARGET_RATIO)
     report.figure("peak memory", figures["peak_memory_bytes"] / 2**20, "MiB")
-    path = _write(request, f"dispatch_combine_{method}",
-                  benchmark.benchmark_entries(SHAPE, None, {method: figures}, source="suites/test_bench_moe.py",
-                                                raw_baseline=method == "alltoall"))
+    path = report.benchmark_json(f"moe_dispatch_combine_{method}.json",
+                                 benchmark.benchmark_entries(SHAPE, None, {method: figures},
+                                                             source="suites/test_bench_moe.py",
+                                                             raw_baseline=method == "alltoall"))
     report.attach("table", benchmark.format_table(SHAPE, None, {method: figures}) + f"\n\nJSON: {path}")
     if ON_ACCELERATOR and method in ("alltoall", "mc2"):
         assert figures["ratio"] <= benchmark.TARGET_RATIO, \

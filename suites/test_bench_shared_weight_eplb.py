@@ -6,27 +6,21 @@
 * EPLB: balancedness of the rebalanced placement vs round-robin on uniform, Zipf 1.0 and Zipf 1.5 loads;
   redistribution time per layer and measured peak memory per rank against one layer's moved experts.
 
-Figures go to ``<results-dir>/../bench_shared_weight.json`` and ``bench_eplb.json`` in pytest-benchmark's
-schema, to the ``report`` fixture, and to the terminal (``-s``). The same code runs standalone:
+Figures go to ``reports/benchmarks/bench_shared_weight_w{n}.json`` and ``bench_eplb.json`` (next to
+``--results-dir``) in pytest-benchmark's schema, to the ``report`` fixture, and to the terminal (``-s``). The same code runs standalone:
 ``python benchmarks/shared_weight.py`` and ``python benchmarks/eplb.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 
 import pytest
 
 from benchmarks import eplb as eplb_bench
 from benchmarks import shared_weight as sw_bench
-from ascend_conformance.report.benchmark_json import document, write
 
 pytestmark = pytest.mark.bench
-
-
-def _reports_dir(config) -> str:
-    return os.path.dirname(os.path.abspath(config.getoption("--results-dir")))
 
 
 def _table(fn, *args) -> str:
@@ -49,9 +43,9 @@ def test_bench_shared_weight(world, report, request, world_size):
     for k, row in summary["sharded"].items():
         report.figure(f"per layer k={k}", row["per_layer_s"] * 1e3, "ms")
         report.figure(f"broadcast hidden k={k}", row["hidden_share"] * 100, "%")
-    path = os.path.join(_reports_dir(request.config), f"bench_shared_weight_w{world_size}.json")
-    write(path, document(sw_bench.bench_entries(summary, results, world_size, hidden, tokens, count, start,
-                                                fullname_prefix=request.node.nodeid)))
+    report.benchmark_json(f"bench_shared_weight_w{world_size}.json",
+                          sw_bench.bench_entries(summary, results, world_size, hidden, tokens, count, start,
+                                                 fullname_prefix=request.node.nodeid))
     w = hidden * hidden * 4
     for r in results:
         assert r["unsharded_bytes"] == count * w
@@ -81,7 +75,6 @@ def test_bench_eplb(world, report, request):
     for r in summary["ranks"]:
         assert r["max_layer_receive_bytes"] <= r["measured_peak_bytes"] <= r["budget_bytes"], r
         report.figure(f"peak rank {r['rank']}", r["measured_peak_bytes"], "B")
-    path = os.path.join(_reports_dir(request.config), "bench_eplb.json")
-    write(path, document(eplb_bench.bench_entries(balance, summary, results, world_size, experts,
-                                                  experts + redundant, hidden, inter,
-                                                  fullname_prefix=request.node.nodeid)))
+    report.benchmark_json("bench_eplb.json", eplb_bench.bench_entries(balance, summary, results, world_size, experts,
+                                                                      experts + redundant, hidden, inter,
+                                                                      fullname_prefix=request.node.nodeid))
