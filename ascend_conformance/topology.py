@@ -46,7 +46,7 @@ consecutive DP indices with (e, p, c, t) fixed, so with OTP 2 it stays inside on
     otp (g=2)   [[0, 4], [1, 5], [2, 6], [3, 7]]
 
 (vllm-ascend builds it on a (pp, dp, tp) grid instead and gets [[0, 2], [1, 3], [4, 6], [5, 7]],
-which are vLLM's PP groups: see ``suites/known_layouts.py`` and the invariant checker.)
+which are vLLM's PP groups: docs/systems_under_test.md, and the invariant checker flags them.)
 
 FlashComm2 with o = 2 on TP4 (world 4, n = TP / o = 2): inside a TP group T = [0, 1, 2, 3], OTP group
 i takes every n-th member starting at i, ODP group j takes the j-th run of n consecutive members::

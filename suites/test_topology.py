@@ -8,7 +8,7 @@ Read top to bottom this is the specification of :mod:`ascend_conformance.topolog
 3. a sweep of configurations (world 1..64, external DP, PP with DP, PCP, every optional kind) on which
    the reference satisfies every invariant and every kind has the expected shape;
 4. every kind of invalid configuration, each a one-line ConfigError naming the numbers;
-5. the known vllm-ascend divergence, which the checker must name;
+5. a layout read on the wrong grid (PP outside DP), which the checker must name wherever it crosses stages;
 6. mutations of a good layout, each reported as exactly the defect introduced;
 7. layout comparison (for live captures).
 """
@@ -18,7 +18,6 @@ import copy
 import itertools
 
 import pytest
-from known_layouts import vllm_ascend_layout
 
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.invariants import check_layout, compare_layouts
@@ -339,8 +338,8 @@ def test_every_valid_config_up_to_world_64_satisfies_every_invariant():
 def test_divergent_grid_differs_exactly_when_pp_and_dp_exceed_1():
     for c in _every_valid_config(32):
         diverges = c.pp > 1 and c.dp > 1
-        assert (vllm_ascend_layout(c) != build_layout(c)) == diverges, config_id(c)
-        crossing = {v.kind for v in check_layout(vllm_ascend_layout(c), c) if v.rule == "crosses_stages"}
+        assert (wrong_grid_layout(c) != build_layout(c)) == diverges, config_id(c)
+        crossing = {v.kind for v in check_layout(wrong_grid_layout(c), c) if v.rule == "crosses_stages"}
         assert crossing == ({"otp", "shard_weight", "mc2"} if diverges else set()), config_id(c)
 
 
@@ -389,18 +388,48 @@ def test_invalid_configuration_is_one_line_naming_the_numbers(kwargs, message):
     assert "\n" not in str(caught.value)
 
 
-# --- 5. the known vllm-ascend divergence ----------------------------------------------------------
+# --- 5. a layout read on the wrong grid ----------------------------------------------------------
 
-def test_known_layout_fixture_matches_the_description_in_semantics():
-    layout = vllm_ascend_layout(config(8, tp=2, pp=2, dp=2, otp=2, layer_sharding=True))
+def wrong_grid_layout(c: ParallelConfig) -> dict:
+    """build_layout(c), except that the fine-grained TP kinds and shard_weight are built on a (pp, dp, tp)
+    grid (PP outside DP, where the rank formula has DP outside PP) and mc2 as consecutive blocks of
+    DP*PCP*TP ranks: the mistakes a release can make, each coinciding with the reference when PP = 1 or
+    DP = 1. (What the real releases build is judged in suites/test_sut_groups.py.)"""
+    layout = build_layout(c)
+    cells = list(itertools.product(range(c.external_dp), range(c.pp), range(c.dp), range(c.pcp), range(c.tp)))
+
+    def wrong(e, p, d, k, t):
+        return (((e * c.pp + p) * c.dp + d) * c.pcp + k) * c.tp + t
+
+    for kind, size in (("otp", c.otp), ("lmheadtp", c.lmhead_tp), ("emtp", c.embed_tp), ("mlptp", c.mlp_tp)):
+        if size is not None:
+            groups: dict = {}
+            for e, p, d, k, t in cells:  # d ascends within each (e, p, k, t): members in d order
+                groups.setdefault((e, p, k, t, d // size), []).append(wrong(e, p, d, k, t))
+            layout[kind] = sorted(groups.values(), key=min)
+    if c.layer_sharding:
+        n = c.tp // c.flashcomm2_otp if c.flashcomm2_otp else None
+        module_tp = ((lambda t: t // n) if c.flashcomm2_otp and c.flashcomm2_otp > 1
+                     else (lambda t: 0) if c.flashcomm2_otp == 1 or c.dsa_cp else (lambda t: t))
+        groups = {}
+        for e, p, d, k, t in cells:
+            groups.setdefault((e, p, module_tp(t)), []).append(wrong(e, p, d, k, t))
+        layout["shard_weight"] = sorted((sorted(group) for group in groups.values()), key=min)
+    block = c.dp * c.pcp * c.tp
+    layout["mc2"] = [list(range(start, start + block)) for start in range(0, c.world_size, block)]
+    return layout
+
+
+def test_wrong_grid_layout_of_the_worked_example():
+    layout = wrong_grid_layout(config(8, tp=2, pp=2, dp=2, otp=2, layer_sharding=True))
     assert layout["otp"] == [[0, 2], [1, 3], [4, 6], [5, 7]]           # vLLM's pp groups
     assert layout["shard_weight"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
     assert layout["mc2"] == [[0, 1, 2, 3], [4, 5, 6, 7]]                # blocks of DP*PCP*TP = 4
 
 
-def test_checker_names_the_known_divergence_on_dp2_pp2_tp2_otp2():
+def test_checker_names_the_wrong_grid_on_dp2_pp2_tp2_otp2():
     c = config(8, tp=2, pp=2, dp=2, otp=2)
-    violations = check_layout(vllm_ascend_layout(c), c)
+    violations = check_layout(wrong_grid_layout(c), c)
     explanations = [v.explanation for v in violations]
     assert "otp group [0, 2] crosses PP stages: rank 0 is in stage 0, rank 2 in stage 1" in explanations
     assert ("otp group [0, 2] is not a reference otp group; the reference otp groups holding its ranks "
@@ -425,7 +454,7 @@ DIVERGENT = [
 
 @pytest.mark.parametrize("c", DIVERGENT, ids=config_id)
 def test_checker_flags_the_divergence_whenever_pp_and_dp_exceed_1(c):
-    layout = vllm_ascend_layout(c)
+    layout = wrong_grid_layout(c)
     kinds_crossing = {v.kind for v in check_layout(layout, c) if v.rule == "crosses_stages"}
     fine_grained = {"otp", "lmheadtp", "emtp", "mlptp"} & set(layout)
     # g = 1 groups are singletons and cannot cross anything.
@@ -440,8 +469,8 @@ def test_checker_flags_the_divergence_whenever_pp_and_dp_exceed_1(c):
     config(8, tp=2, pp=4, otp=1, layer_sharding=True),
 ], ids=config_id)
 def test_divergent_grid_is_harmless_when_pp_or_dp_is_1(c):
-    assert vllm_ascend_layout(c) == build_layout(c)
-    assert check_layout(vllm_ascend_layout(c), c) == []
+    assert wrong_grid_layout(c) == build_layout(c)
+    assert check_layout(wrong_grid_layout(c), c) == []
 
 
 # --- 6. mutations: each defect reported as exactly that ------------------------------------------
@@ -546,7 +575,7 @@ def test_compare_identical_layouts_finds_nothing():
 
 def test_compare_reports_groups_by_set_and_by_order():
     c = config(8, tp=2, pp=2, dp=2, otp=2)
-    live = vllm_ascend_layout(c)
+    live = wrong_grid_layout(c)
     live["tp"] = [[1, 0], [2, 3], [4, 5], [6, 7]]
     del live["fc3_quant_x"]
     live["dcp"] = [[0], [1]]
