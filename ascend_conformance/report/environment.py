@@ -1,5 +1,5 @@
-"""What a result was measured on: platform, device model / SoC, driver, CANN, torch, torch_npu, the systems
-under test (vllm, vllm_ascend: release and where it comes from), host.
+"""What a result was measured on: platform, device model / SoC, driver, firmware, CANN, torch, torch_npu, the
+systems under test (vllm, vllm_ascend: release and where it comes from), host.
 
 :func:`capture` returns a flat ``{name: str}`` mapping (the Allure environment, the HTML report's
 environment table, and the ``machine_info`` of benchmark JSON via :func:`machine_info`, whose
@@ -21,9 +21,9 @@ from importlib import metadata
 from ascend_conformance import platform as platforms
 
 # Display order of the fields; anything else captured follows in alphabetical order.
-FIELDS = ("platform", "backend", "device_model", "soc", "device_count", "driver", "cann", "torch", "torch_npu",
-          "vllm", "vllm_origin", "vllm_ascend", "vllm_ascend_origin", "ascend_conformance", "python", "host", "os",
-          "cpu", "git_commit")
+FIELDS = ("platform", "backend", "device_model", "soc", "device_count", "driver", "firmware", "cann", "torch",
+          "torch_npu", "vllm", "vllm_origin", "vllm_ascend", "vllm_ascend_origin", "ascend_conformance", "python", "host",
+          "os", "cpu", "git_commit")
 
 
 def _package_version(name: str) -> str:
@@ -103,6 +103,7 @@ def capture(platform: platforms.Platform | None = None) -> dict[str, str]:
     env.setdefault("torch_npu", _package_version("torch_npu"))
     env.setdefault("cann", platforms._cann_version())
     env.setdefault("driver", platforms._read_first_line("/usr/local/Ascend/driver/version.info") or "not found")
+    env.setdefault("firmware", platforms._read_first_line("/usr/local/Ascend/firmware/version.info") or "not found")
     env.update(_systems_under_test())
     env["ascend_conformance"] = _package_version("ascend-conformance")
     env["python"] = sys.version.split()[0]
