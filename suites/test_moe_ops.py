@@ -3,7 +3,10 @@
 Three kinds of check:
 
 * NPU hosts: golden vs the real torch_npu op on the same inputs (skipped elsewhere, with the import error
-  as the reason);
+  as the reason). The real ops run only in ranks of a world, which hold their NPUs' leases (world(1) for
+  the single-device ops): the pytest worker never touches a device. The distribute ops' shape is checked
+  against their documented limits first (``moe/mc2_applicability.py``) and skips with the reason where
+  the SoC's ops do not take it;
 * everywhere: every op against a brute-force oracle written here with plain Python loops over small
   inputs — properties no single implementation can fake (stable expert order, inverse index maps,
   counts, exact scales, layouts) — and every validation error;
@@ -20,19 +23,10 @@ import torch
 import torch.distributed as dist
 
 from ascend_conformance import golden
+from ascend_conformance import platform as platforms
+from ascend_conformance.errors import ConfigError
+from ascend_conformance.moe.mc2_applicability import MC2Shape, mc2_unsupported_reason, ops_soc
 from ascend_conformance.tolerance import Kind, assert_close
-from ascend_conformance.errors import ConfigError, one_line
-
-
-def _torch_npu_or_skip():
-    """torch_npu with a visible NPU, or skip naming why not (the real import error, e.g. a missing libhccl.so)."""
-    try:
-        import torch_npu
-    except Exception as exc:  # ImportError, or OSError / RuntimeError from a broken CANN install
-        pytest.skip(f"torch_npu not importable: {one_line(exc)}")
-    if not torch.npu.is_available():
-        pytest.skip("torch_npu imported but no NPU device is visible")
-    return torch_npu
 
 
 # ----------------------------------------------------------------------------------- inputs and oracles
@@ -772,22 +766,54 @@ def test_dispatch_uneven_tokens_without_global_bs_raises_on_every_rank(world):
 
 
 # ----------------------------------------------------------------------- golden vs torch_npu (NPU hosts)
+#
+# The real op runs in a rank of world(1): the rank holds the lease of one NPU, as every world's ranks hold
+# theirs, so under `-n 8` no pytest worker opens a context on an NPU that a world leased exclusively. The
+# pytest worker itself never touches a device: it builds the inputs, runs the golden model on the CPU and
+# compares.
 
-def _on_npu(*tensors):
-    return [t if t is None else t.npu() for t in tensors]
+def _npu_world(world, n: int = 1):
+    """A world of `n` ranks on leased NPUs, or skip naming why not (the real import error, e.g. a missing
+    libhccl.so, when torch_npu does not import). Nothing here touches a device."""
+    plat = platforms.get()
+    if plat.name != "npu":
+        reason = platforms.torch_npu_import_error()
+        pytest.skip(reason or f"torch_npu compared only on the npu platform; the platform under test is {plat.name}")
+    return world(n, timeout=300)
+
+
+def _moved(value, device):
+    """`value` with every tensor in it (also inside lists, tuples and dicts) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
+def _torch_npu_op_on_rank(op: str, *args, **kwargs):
+    """Rank function: torch_npu's `op` on the arguments moved to this rank's leased NPU; results on the CPU."""
+    import torch_npu
+
+    from ascend_conformance.harness import rank_context
+
+    device = rank_context().device
+    return _moved(getattr(torch_npu, op)(*_moved(args, device), **_moved(kwargs, device)), "cpu")
 
 
 @pytest.mark.parametrize("row_idx_type", [0, 1])
 @pytest.mark.parametrize("quant_mode, expert_tokens_num_type", [(-1, 1), (1, 2), (-1, 2), (1, 1)])
-def test_npu_init_routing_v2_matches_golden(row_idx_type, quant_mode, expert_tokens_num_type):
-    torch_npu = _torch_npu_or_skip()
+def test_npu_init_routing_v2_matches_golden(world, row_idx_type, quant_mode, expert_tokens_num_type):
+    npu = _npu_world(world)
     tokens, top_k, experts, hidden, lo, hi = 64, 8, 32, 256, 8, 24
     x, ids = _normal((tokens, hidden), 40, torch.bfloat16), _routing(tokens, top_k, experts, seed=41)
     kwargs = dict(active_num=tokens * top_k, expert_num=experts, expert_tokens_num_type=expert_tokens_num_type,
                   expert_tokens_num_flag=True, quant_mode=quant_mode, active_expert_range=[lo, hi],
                   row_idx_type=row_idx_type)
 
-    real = [t.cpu() for t in torch_npu.npu_moe_init_routing_v2(*_on_npu(x, ids), **kwargs)]
+    real = npu.run(_torch_npu_op_on_rank, "npu_moe_init_routing_v2", x, ids, **kwargs)[0]
     ours = golden.npu_moe_init_routing_v2(x, ids, **kwargs)
 
     valid = len(_bruteforce_order(ids, lo, hi))
@@ -800,57 +826,67 @@ def test_npu_init_routing_v2_matches_golden(row_idx_type, quant_mode, expert_tok
         assert_close(real[3][:valid], ours[3][:valid], kind=Kind.EXACT, what="dynamic scales")
 
 
-def test_npu_token_permute_unpermute_match_golden():
-    torch_npu = _torch_npu_or_skip()
+def test_npu_token_permute_unpermute_match_golden(world):
+    npu = _npu_world(world)
     tokens, top_k, experts, hidden = 128, 4, 16, 512
     x, ids = _normal((tokens, hidden), 42, torch.bfloat16), _routing(tokens, top_k, experts, seed=43)
     probs = torch.softmax(_normal((tokens, top_k), 44), dim=1).to(torch.bfloat16)
 
-    real_permuted, real_indices = torch_npu.npu_moe_token_permute(*_on_npu(x, ids))
+    real_permuted, real_indices = npu.run(_torch_npu_op_on_rank, "npu_moe_token_permute", x, ids)[0]
     ours_permuted, ours_indices = golden.npu_moe_token_permute(x, ids)
-    real_out = torch_npu.npu_moe_token_unpermute(real_permuted, real_indices, probs=probs.npu())
+    real_out = npu.run(_torch_npu_op_on_rank, "npu_moe_token_unpermute", real_permuted, real_indices, probs=probs)[0]
     ours_out = golden.npu_moe_token_unpermute(ours_permuted, ours_indices, probs=probs)
 
-    assert_close(real_permuted.cpu(), ours_permuted, kind=Kind.EXACT, what="permuted tokens")
-    assert_close(real_indices.cpu(), ours_indices, kind=Kind.EXACT, what="sorted_indices")
-    assert_close(real_out.cpu(), ours_out, kind=Kind.ACCUMULATED, what="unpermuted tokens")
+    assert_close(real_permuted, ours_permuted, kind=Kind.EXACT, what="permuted tokens")
+    assert_close(real_indices, ours_indices, kind=Kind.EXACT, what="sorted_indices")
+    assert_close(real_out, ours_out, kind=Kind.ACCUMULATED, what="unpermuted tokens")
 
 
 @pytest.mark.parametrize("drop_pad_mode", [0, 2])
-def test_npu_finalize_routing_matches_golden(drop_pad_mode):
-    torch_npu = _torch_npu_or_skip()
+def test_npu_finalize_routing_matches_golden(world, drop_pad_mode):
+    npu = _npu_world(world)
     args = _finalize_args(_finalize_case(drop_pad_mode, seed=45))
 
-    real = torch_npu.npu_moe_finalize_routing(*_on_npu(*args), drop_pad_mode=drop_pad_mode)
+    real = npu.run(_torch_npu_op_on_rank, "npu_moe_finalize_routing", *args, drop_pad_mode=drop_pad_mode)[0]
     ours = golden.npu_moe_finalize_routing(*args, drop_pad_mode=drop_pad_mode)
 
-    assert_close(real.cpu(), ours, kind=Kind.ACCUMULATED, what="finalized tokens")
+    assert_close(real, ours, kind=Kind.ACCUMULATED, what="finalized tokens")
 
 
 @pytest.mark.parametrize("group_list_type", [0, 1])
-def test_npu_grouped_matmul_matches_golden(group_list_type):
-    torch_npu = _torch_npu_or_skip()
+def test_npu_grouped_matmul_matches_golden(world, group_list_type):
+    npu = _npu_world(world)
     counts = [16, 0, 40, 8]
     x, weight = _normal((sum(counts), 256), 46, torch.bfloat16), _normal((len(counts), 256, 128), 47, torch.bfloat16)
     group_list = _int64(counts).cumsum(0) if group_list_type == 0 else _int64(counts)
     kwargs = dict(split_item=2, group_type=0, group_list_type=group_list_type)
 
-    (real,) = torch_npu.npu_grouped_matmul([x.npu()], [weight.npu()], group_list=group_list.npu(), **kwargs)
+    (real,) = npu.run(_torch_npu_op_on_rank, "npu_grouped_matmul", [x], [weight], group_list=group_list, **kwargs)[0]
     (ours,) = golden.npu_grouped_matmul([x], [weight], group_list=group_list, **kwargs)
 
-    assert_close(real.cpu(), ours, kind=Kind.ACCUMULATED, what="grouped matmul")
+    assert_close(real, ours, kind=Kind.ACCUMULATED, what="grouped matmul")
 
 
-def _npu_vs_golden_dispatch_combine_on_rank(token_counts, experts, top_k, hidden, seed, version):
+# The distribute ops' comparison: 8 ranks of 16 bf16 tokens, H 7168, 16 experts, K 4 (the shape of the v2
+# pages' examples; on A3 the v1 pages' limits hold too). A2's ops want an EP group of 16 or more: there the
+# ranks skip with the reason of the table in moe/mc2_applicability.py.
+_NPU_DISPATCH_SHAPE = MC2Shape(dtype="bfloat16", batch=16, hidden=7168, top_k=4, ep_size=8, experts=16)
+
+
+def _npu_vs_golden_dispatch_combine_on_rank(shape: MC2Shape, seed: int, version: int):
     """One NPU rank: the real op (HCCL communicator name) and the golden (process group) on the same inputs."""
     import torch_npu
 
     from ascend_conformance.harness import rank_context
 
     context = rank_context()
+    reason = mc2_unsupported_reason(shape, ops_soc(context.device))
+    if reason:
+        pytest.skip(reason)
+    experts = shape.experts
     x, ids, scales, _ = (t if t is None else t.to(context.device)
-                         for t in _world_inputs(token_counts, experts, top_k, hidden, seed, torch.bfloat16,
-                                                "none")[context.rank])
+                         for t in _world_inputs([shape.batch] * shape.ep_size, experts, shape.top_k, shape.hidden,
+                                                seed, torch.bfloat16, "none")[context.rank])
     group = dist.group.WORLD
     hccl_name = group._get_backend(torch.device("npu")).get_hccl_comm_name(context.rank)
     ep = dict(ep_world_size=context.world_size, ep_rank_id=context.rank, moe_expert_num=experts)
@@ -870,11 +906,9 @@ def _npu_vs_golden_dispatch_combine_on_rank(token_counts, experts, top_k, hidden
 
 @pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
 def test_npu_dispatch_combine_match_golden(world, version):
-    _torch_npu_or_skip()
-    token_counts, experts, top_k, hidden = [16] * 8, 16, 4, 7168  # shapes every A2/A3 variant of the ops accepts
+    shape = _NPU_DISPATCH_SHAPE
 
-    results = world(8, timeout=300).run(_npu_vs_golden_dispatch_combine_on_rank, token_counts, experts, top_k, hidden,
-                                        50, version)
+    results = _npu_world(world, shape.ep_size).run(_npu_vs_golden_dispatch_combine_on_rank, shape, 50, version)
 
     for rank, result in enumerate(results):
         real, ours = result["real"], result["golden"]
