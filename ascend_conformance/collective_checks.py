@@ -298,11 +298,11 @@ def case_salt(case_name: str, dtype_name: str) -> int:
 
 # Dtype-independent checks, once per kind.
 
-def _object_from(rank: int, kind: str) -> dict:
+def object_from(rank: int, kind: str) -> dict:
     return {"kind": kind, "from": rank, "payload": [rank] * 3, "nested": ("x", rank * 0.5)}
 
 
-def _tensor_dict_from(rank: int, kind: str) -> dict:
+def tensor_dict_from(rank: int, kind: str) -> dict:
     return {"hidden": exact_values(rank, (2, 3), torch.bfloat16, 1), "ids": exact_values(rank, (4,), torch.int64, 2),
             "scale": exact_values(rank, (3,), torch.float32, 3), "empty": torch.zeros((0, 3), dtype=torch.float16),
             "step": rank, "tag": f"{kind}@{rank}"}
@@ -310,10 +310,10 @@ def _tensor_dict_from(rank: int, kind: str) -> dict:
 
 def run_per_kind_checks(g: GroupCoordinator, kind: str) -> dict:
     src = g.world_size - 1
-    observed = {"broadcast_object": g.broadcast_object(_object_from(g.rank, kind) if g.rank_in_group == src else None,
+    observed = {"broadcast_object": g.broadcast_object(object_from(g.rank, kind) if g.rank_in_group == src else None,
                                                        src=src)}
     if g.world_size > 1:
-        mine = _tensor_dict_from(g.rank, kind)
+        mine = tensor_dict_from(g.rank, kind)
         if g.rank_in_group % 2 == 0:
             g.send_tensor_dict(mine)
             observed["tensor_dict_ring"] = g.recv_tensor_dict()
@@ -330,12 +330,12 @@ def run_per_kind_checks(g: GroupCoordinator, kind: str) -> dict:
 
 def expect_per_kind(ranks: list[int], i: int, kind: str) -> dict:
     n = len(ranks)
-    expected = {"broadcast_object": _object_from(ranks[-1], kind),
+    expected = {"broadcast_object": object_from(ranks[-1], kind),
                 "position": {"ranks": ranks, "rank_in_group": i, "world_size": n, "first_rank": ranks[0],
                              "last_rank": ranks[-1], "next_rank": ranks[(i + 1) % n],
                              "prev_rank": ranks[(i - 1) % n], "is_first_rank": i == 0, "is_last_rank": i == n - 1}}
     if n > 1:
-        expected["tensor_dict_ring"] = _tensor_dict_from(ranks[(i - 1) % n], kind)
+        expected["tensor_dict_ring"] = tensor_dict_from(ranks[(i - 1) % n], kind)
     return expected
 
 
