@@ -127,3 +127,41 @@ def test_soc_versions_are_named_as_vllm_ascend_names_them():
 
 def test_ops_on_the_cpu_are_the_golden_models_without_limits():
     assert ops_soc("cpu") is None
+
+
+class _RanksOf:
+    """A WorldRunner stand-in for the CLI: its ranks report `soc` as the SoC of their ops and run nothing else."""
+
+    def __init__(self, soc):
+        self.soc, self.ran = soc, []
+
+    def __call__(self, options):
+        return self
+
+    def skip_reason(self, n):
+        return None
+
+    def run(self, n, fn, args, kwargs, test_id):
+        self.ran.append(test_id)
+        if fn is ops_soc:
+            return [self.soc] * n
+        raise AssertionError(f"the CLI ran {fn.__name__} on ranks whose ops refuse the scenario")
+
+    def shutdown(self):
+        self.ran.append("shutdown")
+
+
+def test_the_cli_refuses_an_mc2_scenario_the_ops_of_the_host_do_not_take(monkeypatch, capsys):
+    from ascend_conformance import cli
+    from ascend_conformance.harness import world
+
+    runner = _RanksOf("A3")
+    monkeypatch.setattr(world, "WorldRunner", runner)
+    code = cli.main(["moe", "--method", "mc2", "--world-size", "2", "--experts", "8", "--top-k", "2", "--tokens", "3",
+                     "--dtype", "float32"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2, error
+    assert error == ("error: --method mc2 cannot run this scenario here: the A3 MC2 ops do not take this shape: x is "
+                     "float32 (bfloat16 or float16 only) [torch_npu.npu_moe_distribute_dispatch_v2 / combine_v2: x / "
+                     "expand_x data type]")
+    assert runner.ran == ["cli::moe::soc", "shutdown"]

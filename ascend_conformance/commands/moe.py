@@ -17,7 +17,9 @@ that is renamed into place) or not at all.
 Ranks hold different token counts, up to N: one DP rank (seed mod DP) holds N and the others a seeded
 count in [0, N]. Beyond the contract, ``--tokens-per-dp 3,0`` fixes the counts and ``--placement
 scattered`` uses a seeded non-contiguous, uneven expert_map; the suites' repro lines use them. Bad
-arguments: one ``error: ...`` line, exit 2.
+arguments: one ``error: ...`` line, exit 2; so is ``--method mc2`` with a scenario the real MC2 ops of the
+host's SoC do not take (``moe/mc2_applicability.py``, e.g. float32 or no token at all; the golden models on
+CPU take every one).
 """
 from __future__ import annotations
 
@@ -136,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
         if reason:
             raise ConfigError(f"cannot run a world of {scenario.world_size} ranks here: {reason}")
         try:
+            if scenario.method == "mc2":  # the real MC2 ops' documented limits (the golden models have none)
+                from ascend_conformance.moe.mc2_applicability import mc2_unsupported_reason, ops_soc
+
+                soc = runner.run(scenario.world_size, ops_soc, (plat.device_type,), {}, "cli::moe::soc")[0]
+                refusal = mc2_unsupported_reason(scenario, soc)
+                if refusal:
+                    raise ConfigError(f"--method mc2 cannot run this scenario here: {refusal}")
             per_rank = runner.run(scenario.world_size, run_scenarios, ([scenario.to_dict()], dump is not None), {},
                                   "cli::moe")
         except RankFailure as failure:
