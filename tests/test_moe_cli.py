@@ -72,7 +72,9 @@ def test_prints_one_json_summary(cli_run):
     rtol, atol = tolerance(getattr(torch, _option(args, "--dtype")), Kind.ACCUMULATED)
     assert (summary["rtol"], summary["atol"]) == (rtol, atol)
     assert 0.0 <= summary["max_abs_err"] <= atol + rtol * 10  # outputs here are O(1)
-    assert summary["ops"] == "golden" and summary["platform"] == "cpu"
+    assert summary["ops"] == "golden" and summary["platform"] == "cpu" and summary["sut"] == "reference"
+    keys = list(summary)
+    assert keys[keys.index("ok") + 1:keys.index("ok") + 3] == ["sut", "ops"], keys
     assert summary["dump"] == str(dump)
     assert summary["repro"] == scenario.repro()
 
@@ -205,3 +207,73 @@ def test_dump_replaces_an_old_one_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(os.listdir(target)) == ["rank0.pt", "rank1.pt", "summary.json"], "the old dump was damaged"
     assert json.loads((target / "summary.json").read_text()) == {"ok": True}
     assert sorted(os.listdir(tmp_path)) == ["case"], "staging directories left behind"
+
+
+# -- --sut: the system under test ------------------------------------------------------------------
+
+SUT_BASE = {**BASE, "--method": "alltoall", "--tokens-per-dp": "4,1"}
+
+
+def _argv(values: dict) -> list[str]:
+    return ["moe"] + [item for key, value in values.items() if value is not None for item in (key, value)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--sut": "vllm"}, "--sut must be one of reference, vllm-ascend, got 'vllm'"),
+    ({"--sut": "sglang"}, "--sut must be one of reference, vllm-ascend, got 'sglang'"),
+    ({"--device-type": "A5"}, "--device-type applies to --sut vllm-ascend only, got --device-type A5 with --sut reference"),
+    ({"--expert-map": "eplb"}, "--expert-map applies to --sut vllm-ascend only"),
+])
+def test_sut_arguments_for_the_reference_are_refused_in_one_line(capsys, change, message):
+    assert _exit_code(_argv({**SUT_BASE, **change})) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_a_sut_that_is_not_installed_is_one_error_line(capsys, monkeypatch):
+    from ascend_conformance.sut import stack
+
+    monkeypatch.setattr(stack, "unavailable_reason", lambda name: "vllm_ascend not installed (make setup installs it)")
+    assert _exit_code(_argv({**SUT_BASE, "--sut": "vllm-ascend"})) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: --sut vllm-ascend: vllm_ascend not installed (make setup installs it)"]
+
+
+@pytest.fixture
+def vllm_ascend_installed():
+    from ascend_conformance.sut import VLLM_ASCEND, stack
+
+    reason = stack.unavailable_reason(VLLM_ASCEND)
+    if reason:
+        pytest.skip(reason)
+    return stack.inspect()[VLLM_ASCEND].version
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--placement": "scattered"}, "holds (E + R) / P experts on every EP rank; the scenario placement scattered is uneven"),
+    ({"--method": "native_allgather"}, "has no MoE comm method for 'native_allgather'"),
+    ({"--expert-map": "round-robin"}, "refuses: expert_map must be one of contiguous, permuted, eplb, eplb-redundant"),
+    ({"--device-type": "A9"}, "--device-type must be one of A2, A3, A5, got 'A9'"),
+])
+def test_a_configuration_vllm_ascend_refuses_is_one_line_naming_the_release(capsys, vllm_ascend_installed, change,
+                                                                             message):
+    assert _exit_code(_argv({**SUT_BASE, "--sut": "vllm-ascend", **change})) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    if "--device-type" not in change:
+        assert err[0].startswith(f"error: vllm_ascend {vllm_ascend_installed}"), err
+
+
+def test_vllm_ascend_run_prints_sut_and_ops_next_to_ok(vllm_ascend_installed, tmp_path):
+    args = [item for pair in {**SUT_BASE, "--sut": "vllm-ascend", "--device-type": "A5"}.items() for item in pair]
+    proc = _cli([*args, "--dump", str(tmp_path / "case")], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    keys = list(summary)
+    assert keys[keys.index("ok") + 1:keys.index("ok") + 3] == ["sut", "ops"], keys
+    assert (summary["ok"], summary["sut"], summary["ops"]) == (True, f"vllm_ascend {vllm_ascend_installed}", "golden")
+    assert (summary["device_type"], summary["comm_class"], summary["expert_map"]) == ("A5", "AlltoAllCommImpl",
+                                                                                        "contiguous")
+    assert summary["repro"].endswith("--dump DIR --sut vllm-ascend --device-type A5")
+    data = torch.load(tmp_path / "case" / "rank1.pt")
+    expected = dense_moe(data["x"], data["topk_ids"], data["topk_weights"], data["w13"], data["w2"])
+    assert_close(data["out"], expected.to(data["out"].dtype), kind=Kind.ACCUMULATED, what="vllm-ascend rank 1 out")

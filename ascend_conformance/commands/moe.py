@@ -20,6 +20,13 @@ scattered`` uses a seeded non-contiguous, uneven expert_map; the suites' repro l
 arguments: one ``error: ...`` line, exit 2; so is ``--method mc2`` with a scenario the real MC2 ops of the
 host's SoC do not take (``moe/mc2_applicability.py``, e.g. float32 or no token at all; the golden models on
 CPU take every one).
+
+``--sut`` picks the system under test: ``reference`` (default, the project's methods) or ``vllm-ascend``
+(the installed release's own MoE comm method, driven by :mod:`ascend_conformance.sut.vllm_ascend_moe`, on
+the device type ``--device-type`` emulates with the torch_npu stand-in, the expert map ``--expert-map``
+given the way the release takes it). The JSON adds ``"sut"`` (``reference`` or e.g.
+``vllm_ascend 0.23.0.post1``) and ``"ops"`` (``golden`` or ``torch_npu``). An unknown SUT, one that is not
+installed, or a configuration the release refuses: one ``error: ...`` line naming the release, exit 2.
 """
 from __future__ import annotations
 
@@ -61,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="token count of every DP rank (max must be --tokens); default: seeded, up to N")
     parser.add_argument("--placement", choices=("contiguous", "scattered"), default="contiguous",
                         help="experts per rank: contiguous E/W (default) or a seeded non-contiguous uneven expert_map")
+    parser.add_argument("--sut", default="reference", metavar="{reference,vllm-ascend}",
+                        help="system under test: the reference methods (default) or the installed vllm-ascend's")
+    parser.add_argument("--device-type", default=None, metavar="{A2,A3,A5}",
+                        help="vllm-ascend only: the device type the torch_npu stand-in emulates (default A3)")
+    parser.add_argument("--expert-map", default="contiguous", metavar="MAP",
+                        help="vllm-ascend only: contiguous (default), permuted, eplb or eplb-redundant: how the "
+                             "experts reach the release")
     parser.add_argument("--rank-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="bound on the run; a hang dumps every rank's stack (default 300)")
 
@@ -116,8 +130,39 @@ def write_dump(path: str, scenario, rank_results: list[dict], summary: dict) -> 
         raise
 
 
+def _system_under_test(args: argparse.Namespace, scenario):
+    """(sut name, the vllm-ascend case or None); ConfigError for an unknown, missing or refusing SUT."""
+    from ascend_conformance.sut import CLI_NAMES, REFERENCE, VLLM_ASCEND, stack
+
+    name = CLI_NAMES.get(args.sut)
+    if name not in (REFERENCE, VLLM_ASCEND):
+        raise ConfigError(f"--sut must be one of reference, vllm-ascend, got {args.sut!r}")
+    if name == REFERENCE:
+        for flag, value, default in (("--device-type", args.device_type, None),
+                                     ("--expert-map", args.expert_map, "contiguous")):
+            if value != default:
+                raise ConfigError(f"{flag} applies to --sut vllm-ascend only, got {flag} {value} with --sut reference")
+        return name, None
+    reason = stack.unavailable_reason(VLLM_ASCEND)
+    if reason:
+        raise ConfigError(f"--sut vllm-ascend: {reason}")
+    from ascend_conformance.sut.vllm_ascend_moe import DEVICE_TYPES, SutCase
+
+    version = stack.inspect()[VLLM_ASCEND].version
+    args.device_type = args.device_type or "A3"
+    if args.device_type not in DEVICE_TYPES:
+        raise ConfigError(f"--device-type must be one of {', '.join(DEVICE_TYPES)}, got {args.device_type!r}")
+    try:
+        return name, SutCase(scenario, args.expert_map)
+    except ConfigError as exc:
+        message = str(exc)
+        prefix = f"vllm_ascend {version}"
+        raise ConfigError(message if message.startswith("vllm_ascend") else f"{prefix} refuses: {message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
+    sut, case = _system_under_test(args, scenario)
     dump = _check_dump_target(args.dump) if args.dump else None
 
     from ascend_conformance import platform as platforms
@@ -137,6 +182,13 @@ def run(args: argparse.Namespace) -> int:
         reason = runner.skip_reason(scenario.world_size)
         if reason:
             raise ConfigError(f"cannot run a world of {scenario.world_size} ranks here: {reason}")
+        if case is None:
+            rank_fn, rank_args, repro = run_scenarios, ([scenario.to_dict()], dump is not None), scenario.repro()
+        else:
+            from ascend_conformance.sut.vllm_ascend_moe import run_cases
+
+            rank_fn, rank_args = run_cases, ([case.to_dict()], args.device_type, None, dump is not None)
+            repro = case.repro(args.device_type)
         try:
             if scenario.method == "mc2":  # the real MC2 ops' documented limits (the golden models have none)
                 from ascend_conformance.moe.mc2_applicability import mc2_unsupported_reason, ops_soc
@@ -145,17 +197,36 @@ def run(args: argparse.Namespace) -> int:
                 refusal = mc2_unsupported_reason(scenario, soc)
                 if refusal:
                     raise ConfigError(f"--method mc2 cannot run this scenario here: {refusal}")
-            per_rank = runner.run(scenario.world_size, run_scenarios, ([scenario.to_dict()], dump is not None), {},
-                                  "cli::moe")
+            per_rank = runner.run(scenario.world_size, rank_fn, rank_args, {}, "cli::moe")
         except RankFailure as failure:
             print(str(failure), file=sys.stderr)
-            print(f"repro: {scenario.repro()}", file=sys.stderr)
+            print(f"repro: {repro}", file=sys.stderr)
             return 1
         finally:
             runner.shutdown()
     results = [rank_results[0] for rank_results in per_rank]
-    summary = {**summarize(scenario, results), "platform": plat.name, "dump": dump}
+    if case is None:
+        summary = {**summarize(scenario, results), "sut": "reference"}
+    else:
+        from ascend_conformance.sut import stack
+        from ascend_conformance.sut.vllm_ascend_moe import summarize as summarize_sut
+
+        summary = summarize_sut(case, args.device_type, results, stack.inspect()["vllm_ascend"].version)
+    summary = _sut_next_to_ok(summary)
+    summary.update(platform=plat.name, dump=dump)
     if dump:
         write_dump(dump, scenario, results, summary)
     print(json.dumps(summary, indent=2))
     return 0 if summary["ok"] else 1
+
+
+def _sut_next_to_ok(summary: dict) -> dict:
+    """The summary with ``sut`` and ``ops`` placed right after ``ok`` (what was judged, then on what)."""
+    ordered = {}
+    for key, value in summary.items():
+        if key in ("sut", "ops"):
+            continue
+        ordered[key] = value
+        if key == "ok":
+            ordered["sut"], ordered["ops"] = summary["sut"], summary["ops"]
+    return ordered
