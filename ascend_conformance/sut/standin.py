@@ -33,7 +33,10 @@ What it provides besides the ops, each as a real torch_npu host would have it:
 * the integer dtypes an NPU kernel of a plain torch op accepts where the CPU kernel does not:
   ``torch.histc`` of int32 expert ids (vllm-ascend's all-to-all dispatcher counts tokens per expert that
   way; torch_npu's histc takes integer input and returns the input's dtype). Computed exactly in float64
-  and returned in the input's dtype; floating inputs go to torch's own kernel untouched.
+  and returned in the input's dtype; floating inputs go to torch's own kernel untouched;
+* HCCL's all-gather of unequal first dimensions (``dist.all_gather`` into a list of chunks of different
+  sizes, as ``tensor_split`` makes them; HCCL gathers them, gloo refuses): on a group whose backend
+  refuses, each rank's chunk is padded to the largest, gathered, and cut back into its slot.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ def activate(device_type: str = DEFAULT_DEVICE_TYPE) -> str:
     _name_the_npu_device()
     _answer_hccl_comm_names()
     _accept_npu_integer_histc()
+    _all_gather_unequal_chunks_as_hccl()
     from ascend_conformance.platform import torch_npu_import_error
 
     torch_npu_import_error.cache_clear()  # it cached the real one's absence; now the stand-in answers
@@ -147,6 +151,34 @@ def _accept_npu_integer_histc() -> None:
 
     npu_histc.__standin__ = True
     torch.histc = npu_histc
+
+
+def _all_gather_unequal_chunks_as_hccl() -> None:
+    import torch
+    import torch.distributed as dist
+
+    all_gather = dist.all_gather
+    if getattr(all_gather, "__standin__", False):
+        return
+
+    @functools.wraps(all_gather)
+    def hccl_all_gather(tensor_list, tensor, group=None, async_op=False):
+        shapes = {tuple(t.shape) for t in tensor_list} | {tuple(tensor.shape)}
+        if len(shapes) == 1 or async_op or dist.get_backend(group) != "gloo":
+            return all_gather(tensor_list, tensor, group=group, async_op=async_op)
+        if len({shape[1:] for shape in shapes}) != 1:
+            raise RuntimeError(f"all_gather: chunks may differ only in their first dimension, got {sorted(shapes)}")
+        longest = max(shape[0] for shape in shapes)
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[:tensor.shape[0]] = tensor
+        gathered = [torch.empty_like(padded) for _ in tensor_list]
+        all_gather(gathered, padded, group=group)
+        for target, source in zip(tensor_list, gathered):
+            target.copy_(source[:target.shape[0]])
+        return None
+
+    hccl_all_gather.__standin__ = True
+    dist.all_gather = hccl_all_gather
 
 
 # -- HCCL communicator names ------------------------------------------------------------------------
