@@ -50,6 +50,11 @@ def test_other_sut():
 
 def test_unexpected_divergence():
     raise Divergence("not known")
+
+
+@pytest.mark.parametrize("case", ["a-b", "b"])
+def test_params(case):
+    raise Divergence(f"params {case}")
 '''
 
 ENTRIES = {name: (f"suites/test_fake.py::{name}", f"{name} finding", f"upstream {name}.py")
@@ -102,7 +107,7 @@ def _run(pytester, *args):
 def test_divergence_xfails_and_everything_else_fails(session):
     _write(session, "vllm_ascend-9.9.0.post1.toml", _expectations(ENTRIES))
     run = _run(session)
-    run.assert_outcomes(xfailed=1, failed=5, passed=0)
+    run.assert_outcomes(xfailed=1, failed=7, passed=0)
     outcomes = {line.split(" ")[1]: line.split(" ")[0] for line in run.outlines
                 if line.startswith(("XFAIL ", "FAILED ", "XPASS "))}
     assert outcomes == {"suites/test_fake.py::test_diverges": "XFAIL",
@@ -110,7 +115,9 @@ def test_divergence_xfails_and_everything_else_fails(session):
                         "suites/test_fake.py::test_rank_fails": "FAILED",
                         "suites/test_fake.py::test_conforms": "FAILED",
                         "suites/test_fake.py::test_other_sut": "FAILED",
-                        "suites/test_fake.py::test_unexpected_divergence": "FAILED"}
+                        "suites/test_fake.py::test_unexpected_divergence": "FAILED",
+                        "suites/test_fake.py::test_params[a-b]": "FAILED",
+                        "suites/test_fake.py::test_params[b]": "FAILED"}
     run.stdout.fnmatch_lines(["XFAIL suites/test_fake.py::test_diverges - test_diverges finding "
                               "[[]upstream test_diverges.py[]]"])
     run.stdout.fnmatch_lines(["*RuntimeError: the release crashed*"])
@@ -128,20 +135,23 @@ def test_a_pass_under_an_expectation_fails_naming_the_entry_to_delete(session):
 
 
 def test_patterns_match_node_ids_and_unmatched_entries_are_reported(session):
-    entries = {"all failing": ("suites/test_fake.py::test_[dr]*", "fnmatch finding", "ref"),
+    entries = {"wildcards": ("suites/test_fake.py::test_?iverges*", "wildcard finding", "ref"),
+               "brackets are literal": ("suites/test_fake.py::test_params[a-b]", "bracket finding", "ref"),
+               "rank fails too": ("suites/test_fake.py::test_rank_*", "crash finding", "ref"),
                "stale": ("suites/test_fake.py::test_removed_long_ago", "stale finding", "ref"),
                "missing file": ("suites/test_gone.py::test_x", "gone finding", "ref")}
     _write(session, "vllm_ascend-9.9.0.post1.toml", _expectations(entries))
     run = _run(session, "suites/test_fake.py")
-    # test_diverges matches (xfail); test_rank_fails matches but is no Divergence (fails).
-    run.assert_outcomes(xfailed=1, failed=4, passed=1)
+    # test_diverges and test_params[a-b] match (xfail); test_rank_fails matches but is no Divergence (fails);
+    # test_params[b] would match an fnmatch set [a-b] and must not.
+    run.assert_outcomes(xfailed=2, failed=5, passed=1)
     run.stdout.fnmatch_lines([
         "*expectations of the systems under test*",
         "expectations: no suites/expectations/vllm-9.9.0.toml for the installed vllm 9.9.0: its tests run "
         "without expectations (a divergence fails)",
-        "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 2 "
+        "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 4 "
         "(test = 'suites/test_fake.py::test_removed_long_ago') matches no collected test: delete or fix it",
-        "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 3 "
+        "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 5 "
         "(test = 'suites/test_gone.py::test_x') names a test file that does not exist",
     ])
     assert sum("no suites/expectations/vllm-9.9.0.toml" in line for line in run.outlines) == 1
@@ -149,7 +159,7 @@ def test_patterns_match_node_ids_and_unmatched_entries_are_reported(session):
 
 def test_without_an_expectations_file_sut_tests_run_plainly_and_the_summary_says_so_once(session):
     run = _run(session)
-    run.assert_outcomes(failed=5, passed=1)
+    run.assert_outcomes(failed=7, passed=1)
     assert sum(line.startswith("expectations: no suites/expectations/vllm_ascend-9.9.0.post1.toml for the installed "
                                "vllm_ascend 9.9.0.post1") for line in run.outlines) == 1
 
@@ -181,6 +191,6 @@ def test_xdist_workers_apply_expectations_and_the_controller_reports_their_notes
     entries = dict(ENTRIES, stale=("suites/test_fake.py::test_removed", "stale", "ref"))
     _write(session, "vllm_ascend-9.9.0.post1.toml", _expectations(entries))
     run = session.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "-rfxX", "--results-dir=", timeout=600)
-    run.assert_outcomes(xfailed=1, failed=5, passed=0)
+    run.assert_outcomes(xfailed=1, failed=7, passed=0)
     assert sum("entry 5 (test = 'suites/test_fake.py::test_removed') matches no collected test" in line
                for line in run.outlines) == 1
