@@ -44,12 +44,14 @@ def forkserver_context():
     """The forkserver, started once per process with torch imported, so a new rank costs a fork.
 
     The device runtime is not initialised in the server (torch_npu / CUDA are touched only by a rank,
-    after its visible-devices variable is set).
+    after its visible-devices variable is set). The last preload makes the server leave at once when
+    the session ends (forkserver_exit.py).
     """
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "torch.distributed", "ascend_conformance.harness.rank_main"])
+        _context.set_forkserver_preload(["torch", "torch.distributed", "ascend_conformance.harness.rank_main",
+                                         "ascend_conformance.harness.forkserver_exit"])
     return _context
 
 
