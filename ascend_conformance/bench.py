@@ -8,15 +8,17 @@ A measurement of one collective, one group kind, one size, inside a live world w
 2. warm-up: ``warmup`` ops of each timed variant;
 3. ``rounds`` rounds, each: barrier on the world's CPU group, ``iters`` back-to-back ops, one device
    synchronisation, timed by ``platform.timer()`` (device events where the device has them, else
-   ``perf_counter`` around a synchronise); the per-op time of a round is its time / ``iters``;
+   ``perf_counter`` around a synchronise); the per-op time of a round is its time / ``iters``. Every
+   variant is timed by this same round (:func:`time_round`), with nothing between the timer's start and
+   stop but the op, so the two sides of a ratio are measured alike;
 4. per round, the maximum over all ranks (a collective is as slow as its slowest member).
 
 Each round times two variants back to back, interleaved so that drift on a busy host hits both alike:
 
 * ``suite``: the :class:`~ascend_conformance.groups.GroupCoordinator` method, as the suite uses it;
 * ``raw``: a hand-written ``torch.distributed`` loop of the same op and size on the same device group,
-  with preallocated buffers, timed with ``perf_counter`` — the baseline the suite's numbers are judged
-  against (their ratio is the overhead of the suite's API and timing);
+  with preallocated buffers, timed by the same timer — the baseline the suite's numbers are judged
+  against (their ratio is the overhead of the suite's API);
 * ``raw_again`` (``SweepSpec.noise_floor``): the raw loop once more, so raw_again / raw, an A/A ratio
   whose true value is 1, shows how far a ratio moves by chance on this host.
 
@@ -32,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -252,27 +253,17 @@ def prepare(op: str, g: GroupCoordinator, count: int, dtype: torch.dtype) -> _Pr
 
 # -- timing -------------------------------------------------------------------------------------
 
-def time_suite_round(fn: Callable[[], object], iters: int, barrier: Callable[[], None]) -> float:
-    """Seconds per op of one round: barrier, ``iters`` back-to-back ops, one device sync, timed with
-    the platform's timer (device events where available)."""
+def time_round(fn: Callable[[], object], iters: int, barrier: Callable[[], None]) -> float:
+    """Seconds per op of one round: barrier, then ``iters`` back-to-back calls of ``fn`` and nothing else
+    between the start and the stop of one platform timer (device events where the device has them, else
+    ``perf_counter`` around a device synchronise). The one way every variant of every comparison here is
+    timed: a suite op and its raw baseline see the same timer and the same overhead."""
     barrier()
     timer = platform.get().timer()
     timer.start()
     for _ in range(iters):
         fn()
     return timer.stop() / iters
-
-
-def time_raw_round(fn: Callable[[], object], iters: int, barrier: Callable[[], None]) -> float:
-    """The hand-written baseline: the same round with ``perf_counter`` and an explicit synchronise."""
-    barrier()
-    plat = platform.get()
-    plat.synchronize()
-    started = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    plat.synchronize()
-    return (time.perf_counter() - started) / iters
 
 
 def rank_max(values: Sequence[float], world: GroupCoordinator | None = None) -> list[float]:
@@ -292,8 +283,8 @@ def time_interleaved(fns: dict, *, warmup: int, rounds: int,
     """Seconds per call of every function, max over the ranks, timed round-robin (one call of each per
     round, the first one rotating) so that a change of host load hits them alike and their ratio stays
     meaningful on a shared machine. Every rank calls it with the same functions (a collective). Each
-    call is one :func:`time_suite_round`: a barrier, the call, the platform timer (device events where
-    the device has them). ``world`` defaults to the default process group."""
+    call is one :func:`time_round`: a barrier, the call, the platform timer (device events where the
+    device has them). ``world`` defaults to the default process group."""
     barrier = world.barrier if world is not None else dist.barrier
     for _ in range(warmup):
         for fn in fns.values():
@@ -303,7 +294,7 @@ def time_interleaved(fns: dict, *, warmup: int, rounds: int,
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(time_suite_round(fns[name], 1, barrier))
+            times[name].append(time_round(fns[name], 1, barrier))
     return {name: rank_max(times[name], world) for name in names}
 
 
@@ -365,16 +356,17 @@ def _timed_rounds(prepared: _Prepared, spec: SweepSpec, barrier: Callable[[], No
     raw is the spread a suite/raw ratio must be read against).
 
     The variants take turns going first (round r starts with variant r mod count): the first loop after
-    a barrier runs on freshly woken ranks, and a fixed order would bias the ratio.
+    a barrier runs on freshly woken ranks, and a fixed order would bias the ratio. Every variant is timed
+    by :func:`time_round`.
     """
-    variants = [("suite", time_suite_round, prepared.suite), ("raw", time_raw_round, prepared.raw)]
+    variants = [("suite", prepared.suite), ("raw", prepared.raw)]
     if spec.noise_floor:
-        variants.append(("raw_again", time_raw_round, prepared.raw))
-    samples: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        variants.append(("raw_again", prepared.raw))
+    samples: dict[str, list[float]] = {name: [] for name, _ in variants}
     for round_index in range(spec.rounds):
         shift = round_index % len(variants)
-        for name, timer, fn in variants[shift:] + variants[:shift]:
-            samples[name].append(timer(fn, spec.iters, barrier))
+        for name, fn in variants[shift:] + variants[:shift]:
+            samples[name].append(time_round(fn, spec.iters, barrier))
     return samples
 
 
@@ -384,7 +376,7 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
 
     Row keys: kind, op, size (bytes as nccl-tests counts them), count, dtype, group_size, groups,
     wrong (-1 when the size is too small for the op), suite / raw (and raw_again with
-    ``spec.noise_floor``: per-op seconds per round), timer (what timed the suite rounds).
+    ``spec.noise_floor``: per-op seconds per round), timer (what timed every round of every variant).
     """
     layout = build_layout(ParallelConfig(**spec.config))
     kinds = measured_kinds(spec)
@@ -508,8 +500,8 @@ def benchmark_entries(rows: Sequence[dict], world_size: int, spec: SweepSpec, pl
                     "groups": row["groups"], "world_size": world_size, "platform": platform_name,
                     "dtype": row["dtype"], "size_bytes": row["size"], "count": row["count"],
                     "algbw_gbps": algbw, "busbw_gbps": busbw, "wrong": row["wrong"], "time_us": median * 1e6,
-                    "loop": loop, "variant": f"group={row['kind']},loop={loop}", "timer": row["timer"] if loop == "suite"
-                    else "perf_counter", "warmup": spec.warmup, "rounds": spec.rounds,
+                    "loop": loop, "variant": f"group={row['kind']},loop={loop}", "timer": row["timer"],
+                    "warmup": spec.warmup, "rounds": spec.rounds,
                     "overhead_ratio": overhead_ratio(row["suite"], row["raw"]) if loop == "suite" else None,
                     "noise_floor_ratio": overhead_ratio(row["raw_again"], row["raw"]) if row.get("raw_again") else None,
                     "config": ParallelConfig(**spec.config).describe()}))

@@ -4,8 +4,9 @@ For each world size, each group kind (groups of more than one rank) and each col
 sizes and print a table per (kind, op): size, count, type, time in us (median over rounds of the slowest
 rank's per-op time), algbw and busbw (GB/s, nccl-tests' factors), #wrong from a correctness pass
 outside the timed loop, and the same op as a hand-written torch.distributed loop with the ratio of the
-two. Worlds come from the suite's warm rank pools (``WorldRunner``), not from pytest; run it with the
-host to itself.
+two. Both loops are timed the same way (``bench.time_round``: one platform timer — device events on an
+accelerator — around the ops alone), in alternating rounds. Worlds come from the suite's warm rank pools
+(``WorldRunner``), not from pytest; run it with the host to itself.
 
     python benchmarks/collectives.py -b 8 -e 1M -f 4 --world-size 2,4,8 --ops all_reduce,all_gather \\
         --groups tp,ep --dtype float32 --iters 20 --warmup 5 --noise-floor --json reports/collectives.json

@@ -5,7 +5,9 @@ latency / bandwidth per method against a raw all_to_all_single of the same rows,
                              [--dtype bfloat16] [--rounds 20] [--warmup 3] [--json reports/moe_bench.json]
 
 Runs on the detected platform (gloo ranks on CPU) through the harness's warm pools; see
-``ascend_conformance/moe/benchmark.py`` for what is measured and how bytes are counted. Prints a table and,
+``ascend_conformance/moe/benchmark.py`` for what is measured and how bytes are counted. A method and its raw
+baseline are timed alike (one platform timer around the op alone, rounds interleaved); every result is
+checked once, outside the timed calls. Prints a table and,
 with --json, writes pytest-benchmark-schema JSON (what ``ascend-conformance compare`` and the HTML report
 read). The ranks come from a forkserver, which re-imports this file: keep everything under the guard.
 """

@@ -19,12 +19,14 @@ measure, as rank functions, plus the pytest-benchmark-schema JSON they write.
    moves whole token batches instead, so its ratio shows that cost.
 3. **peak memory per method**: ``platform.measure_peak()`` over one dispatch + combine, max over ranks.
 
-Timing (``ascend_conformance.bench``): after warm-up, every call is bracketed by a barrier on the world's
-CPU group and the platform timer (device events on accelerators, perf_counter after a sync on CPU); the
-variants of a measurement run round-robin; a round's time is the max over ranks. JSON through
-``report.benchmark_json`` (pytest-benchmark's schema).
-Every measured path is also checked: with identity experts the output must be ``x · Σ_k w`` (= x, the
-weights sum to 1) within the ACCUMULATED tolerance, so a benchmark never times a wrong result.
+Timing (``ascend_conformance.bench.time_interleaved``): after warm-up, every call is bracketed by a barrier
+on the world's CPU group and the platform timer (device events on accelerators, perf_counter after a sync on
+CPU), the same for a method and its baseline; the variants of a measurement run round-robin; a round's time
+is the max over ranks. JSON through ``report.benchmark_json`` (pytest-benchmark's schema).
+Every measured path is also checked, once, before and outside the timed calls: with identity experts the
+output must be ``x · Σ_k w`` (= x, the weights sum to 1) within the ACCUMULATED tolerance, and the raw
+baseline must bring every row back unchanged; so a benchmark never times a wrong result, and a timed call
+is the op alone.
 """
 from __future__ import annotations
 
@@ -168,7 +170,8 @@ def dispatch_combine_on_rank(values: dict, *, rounds: int, warmup: int, with_raw
 
 def raw_all_to_all(x: torch.Tensor, ids: torch.Tensor, setup) -> dict:
     """The floor: ``{"raw_dispatch", "raw_combine"}`` functions doing all_to_all_single of exactly the rows
-    AllToAll sends (one per routing entry, grouped by destination), there and back. Collective setup."""
+    AllToAll sends (one per routing entry, grouped by destination), there and back, and nothing else.
+    Collective setup, which also runs both once and checks that the rows came back."""
     group = setup.groups.ep.device_group
     owners = torch.tensor(setup.placement.owner, device=x.device)[ids.long().reshape(-1)]
     order = torch.argsort(owners, stable=True)
@@ -187,9 +190,13 @@ def raw_all_to_all(x: torch.Tensor, ids: torch.Tensor, setup) -> dict:
     def back():
         dist.all_to_all_single(returned, received, output_split_sizes=send_splits, input_split_sizes=recv_splits,
                                group=group)
-        if not torch.equal(returned, send):
-            raise AssertionError("raw all_to_all_single did not bring the rows back")
 
+    # Checked once here, outside the timed calls: a comparison and its host sync in `back` would be timed
+    # on the baseline's side of the ratio only.
+    there()
+    back()
+    if not torch.equal(returned, send):
+        raise AssertionError("raw all_to_all_single did not bring the rows back")
     return {"raw_dispatch": there, "raw_combine": back}
 
 
