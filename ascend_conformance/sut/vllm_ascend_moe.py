@@ -479,8 +479,9 @@ def run_case(case: SutCase, world: _World, ops: str, device_type: str, placement
 
 
 def _placement_file(cases: list[SutCase]) -> str | None:
-    """The static EPLB placement file of the cases' ``eplb`` map (they share a layout and seed), written by
-    rank 0 of each host and read by all."""
+    """The static EPLB placement file of the cases' ``eplb`` maps (one layout and seed): a JSON file as
+    ``eplb_config.expert_map_path`` takes it, named by its content, written atomically by whichever rank
+    of the host comes first (every rank writes the same bytes)."""
     eplb = [case for case in cases if case.uses_placement_file]
     if not eplb:
         return None
