@@ -1,4 +1,5 @@
-"""`ascend-conformance topology`: print the reference rank layout of a parallel configuration.
+"""`ascend-conformance topology`: print the reference rank layout of a parallel configuration, or the one a
+live vLLM / vllm-ascend builds.
 
     python -m ascend_conformance topology --world-size 8 --tp 2 --pp 2 --dp 2 --otp 2 --json
     {"world": [[0, 1, 2, 3, 4, 5, 6, 7]], "tp": [[0, 1], [2, 3], [4, 5], [6, 7]], ...}
@@ -7,18 +8,28 @@ Without ``--json`` it prints one table per group kind. ``--check`` also runs the
 (exit 1 on a violation); with ``--layout FILE`` (a JSON object in the ``--json`` format, e.g. captured
 from a live system) it checks and compares that layout instead of the reference. A bad configuration
 raises ConfigError, which the CLI turns into one ``error: ...`` line and exit code 2.
+
+``--live vllm`` / ``--live vllm-ascend`` runs the installed release's own group construction on a world of
+ranks of the detected platform (the harness's standalone runner; adapters in ``ascend_conformance/sut/``) and
+prints what it built, in the same shapes; ``--check`` then judges that layout (exit 1 on a violation). A
+SUT that is not installed, or a configuration the release refuses, is one ``error: ...`` line naming the
+release and its own message, exit 2; a release that crashes building the groups exits 1 with its error.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.invariants import check_layout, compare_layouts
+from ascend_conformance.sut import CLI_NAMES
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 NAME = "topology"
+LIVE_TIMEOUT = 900.0
 HELP = "print every parallel group's rank lists for a configuration (docs/layout.md)"
 
 
@@ -56,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--layout", metavar="FILE",
                      help="with --check: check this JSON layout (e.g. captured live) against the config")
 
+    live = parser.add_argument_group("systems under test (docs/systems_under_test.md)")
+    live.add_argument("--live", choices=[name for name in CLI_NAMES if name != "reference"],
+                      help="build the groups with the installed release on a world of W ranks and print those")
+    live.add_argument("--rank-timeout", type=float, default=LIVE_TIMEOUT, metavar="SECONDS",
+                      help=f"with --live: how long the world may take (default {LIVE_TIMEOUT:g})")
+
 
 def config_from_args(args: argparse.Namespace) -> ParallelConfig:
     return ParallelConfig(
@@ -92,11 +109,44 @@ def _load_layout(path: str) -> dict:
     return layout
 
 
+def capture_live(sut: str, config: ParallelConfig, timeout: float) -> dict | str:
+    """The layout release ``sut`` builds for ``config`` on a world of the detected platform, or (a crash) the
+    rank failure's text. A missing SUT or a refused configuration raises ConfigError / SutRefused."""
+    from ascend_conformance.harness.pool import RankFailure
+    from ascend_conformance.harness.world import standalone_runner
+    from ascend_conformance.sut import stack
+    from ascend_conformance.sut.captured_layouts import capture_views, merge_rank_views
+
+    reason = stack.unavailable_reason(sut)
+    if reason:
+        raise ConfigError(f"cannot build {sut}'s groups: {reason}")
+    n = config.world_size
+    fields = dataclasses.asdict(config)
+    with standalone_runner(rank_timeout=timeout, min_cpu_slots=n, max_warm_ranks=n) as runner:
+        skip = runner.skip_reason(n)
+        if skip:
+            raise ConfigError(f"cannot build {sut}'s groups here: {skip}")
+        try:
+            per_rank = runner.run(n, capture_views, (sut, [fields]), {}, f"topology --live {sut}", timeout)
+        except RankFailure as failure:
+            return str(failure)
+    outcomes = [captured[0] for captured in per_rank]
+    if "refused" in outcomes[0]:
+        from ascend_conformance.errors import SutRefused
+
+        raise SutRefused(outcomes[0]["refused"])
+    return merge_rank_views([outcome["view"] for outcome in outcomes])
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    reference = build_layout(config)
     if args.layout and not args.check:
         raise ConfigError("--layout is only used with --check")
+    if args.live:
+        if args.layout:
+            raise ConfigError("--layout and --live exclude each other: --live checks the layout it captures")
+        return _run_live(args, config)
+    reference = build_layout(config)
 
     if args.json:
         print(json.dumps(reference))
@@ -124,3 +174,37 @@ def run(args: argparse.Namespace) -> int:
         for difference in differences:
             print(f"  [{difference.change}] {difference.explanation}", file=report)
     return 1 if violations else 0
+
+
+def _run_live(args: argparse.Namespace, config: ParallelConfig) -> int:
+    from ascend_conformance.sut.captured_layouts import adapter, judge
+
+    sut = CLI_NAMES[args.live]
+    if not math.isfinite(args.rank_timeout) or args.rank_timeout <= 0:
+        raise ConfigError(f"--rank-timeout must be a finite number of seconds > 0, got {args.rank_timeout}")
+    captured = capture_live(sut, config, args.rank_timeout)
+    module = adapter(sut)
+    release = module.label()
+    if isinstance(captured, str):
+        print(f"{release} failed building the groups of {config.describe()}:\n{captured}", file=sys.stderr)
+        return 1
+    print(json.dumps(captured) if args.json else format_table(config, captured).replace(
+        config.describe(), f"{config.describe()}: as {release} builds it", 1))
+    if not args.check:
+        return 0
+    report = sys.stderr if args.json else sys.stdout
+    judgement = judge(captured, config, module.KINDS)
+    if not args.json:
+        print(file=report)
+    subject = f"{release} layout"
+    if judgement.violations:
+        count = len(judgement.violations)
+        print(f"{subject}: {count} violation{'s' if count > 1 else ''}", file=report)
+        for violation in judgement.violations:
+            print(f"  [{violation.rule}] {violation.explanation}", file=report)
+    else:
+        print(f"{subject}: all invariants hold ({len(judgement.kinds)} kinds)", file=report)
+    print(f"differences from the reference: {len(judgement.differences)}", file=report)
+    for difference in judgement.differences:
+        print(f"  [{difference.change}] {difference.explanation}", file=report)
+    return 1 if judgement.violations else 0
