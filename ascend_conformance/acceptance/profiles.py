@@ -1,0 +1,135 @@
+"""Acceptance profiles: which tests a kind of host must run and pass, and what else the verifier
+expects of it.
+
+A profile has two halves.
+
+* **Selection** — the rules a mustpass list is generated from (``acceptance list``): the areas, the
+  tiers (``default``, ``full``, ``bench``; a benchmark is selected by its tier alone) and the systems
+  under test whose tests it contains, and on
+  NPU hosts the device type (a test parametrised by ``device_type`` runs on an NPU host only for the
+  host's own type; the stand-in emulates every type, so cpu-reference keeps them all).
+* **The host** — what ``acceptance verify`` expects to read in a bundle: the platform, backend and ops
+  (``golden`` or ``torch_npu``) of the run, the SoC family and the least device count, and the skips
+  it accepts, each a pattern of the skip reason with why it is acceptable. Any other skip of a mustpass
+  test rejects the bundle.
+
+For example cpu-reference selects the default tier of the five conformance areas for the reference,
+vLLM and vllm-ascend, expects platform cpu / gloo / golden ops with 8 device slots, and accepts a skip
+whose reason starts ``torch_npu not importable:`` (the golden-vs-real-op comparisons need an NPU host)::
+
+    >>> profile = get("cpu-reference")
+    >>> profile.allowed_skip("torch_npu not importable: No module named 'torch_npu'") is not None
+    True
+    >>> profile.allowed_skip("full tier: run with --full (accelerator hosts)") is None
+    True
+    >>> get("npu-a9")
+    Traceback (most recent call last):
+    ...
+    ascend_conformance.errors.ConfigError: unknown profile 'npu-a9': choose one of cpu-reference, npu-a2, npu-a3
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ascend_conformance.errors import ConfigError
+
+TIERS = ("default", "full", "bench")
+CONFORMANCE_AREAS = ("groups", "collectives", "moe", "shared_weight", "eplb")
+ALL_SUTS = ("reference", "vllm", "vllm_ascend")
+
+
+@dataclasses.dataclass(frozen=True)
+class AllowedSkip:
+    """A skip of a mustpass test the profile accepts: ``pattern`` (a regular expression searched from the
+    start of the skip reason) and ``why`` it does not count against the run."""
+
+    pattern: str
+    why: str
+
+    def matches(self, reason: str) -> bool:
+        return re.match(self.pattern, reason or "") is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    summary: str
+    # selection
+    areas: tuple[str, ...]
+    tiers: tuple[str, ...]
+    suts: tuple[str, ...]
+    device_type: str | None  # NPU hosts: the device type tests parametrised by device_type must name
+    # the host
+    platform: str
+    backend: str
+    ops: str
+    soc_prefixes: tuple[str, ...]  # the SoC names (torch_npu's device name) of the family; () = any
+    min_devices: int
+    allowed_skips: tuple[AllowedSkip, ...]
+    # the run
+    workers: int  # pytest-xdist workers of the conformance session by default
+    pytest_args: tuple[str, ...] = ()
+
+    def allowed_skip(self, reason: str) -> AllowedSkip | None:
+        return next((rule for rule in self.allowed_skips if rule.matches(reason)), None)
+
+    def rules(self) -> str:
+        """The selection rules in one line (the header of a mustpass list)."""
+        line = (f"areas {', '.join(self.areas)}; tiers {', '.join(self.tiers)}; systems under test "
+                f"{', '.join(self.suts)}")
+        if self.device_type:
+            line += f"; device_type parameter {self.device_type} only"
+        return line
+
+    def host(self) -> str:
+        """What the host must be, in one line."""
+        soc = f", SoC {' or '.join(p + '*' for p in self.soc_prefixes)}" if self.soc_prefixes else ""
+        return (f"platform {self.platform}, backend {self.backend}, ops {self.ops}{soc}, "
+                f">= {self.min_devices} devices")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_TORCH_NPU_MISSING = "the golden-vs-real torch_npu comparisons need an NPU host"
+
+CPU_REFERENCE = Profile(
+    name="cpu-reference",
+    summary="golden ops on gloo: any host, and CI (the reference and both systems under test, default tier)",
+    areas=CONFORMANCE_AREAS, tiers=("default",), suts=ALL_SUTS, device_type=None,
+    platform="cpu", backend="gloo", ops="golden", soc_prefixes=(), min_devices=8,
+    allowed_skips=(
+        AllowedSkip(r"torch_npu not importable: ", _TORCH_NPU_MISSING),
+        AllowedSkip(r"torch_npu not installed", _TORCH_NPU_MISSING),
+        AllowedSkip(r"torch_npu imported but no NPU device is visible", _TORCH_NPU_MISSING),
+        AllowedSkip(r"gloo does not support all_reduce AVG on int(32|64) ",
+                    "a known gap of gloo (KNOWN_BACKEND_GAPS of suites/test_collectives.py)"),
+    ),
+    workers=2, pytest_args=("--platform", "cpu", "--devices", "8"),
+)
+
+
+def _npu(device_type: str, soc_prefixes: tuple[str, ...], summary: str) -> Profile:
+    return Profile(
+        name=f"npu-{device_type.lower()}",
+        summary=summary,
+        areas=CONFORMANCE_AREAS, tiers=("default", "full", "bench"), suts=ALL_SUTS, device_type=device_type,
+        platform="npu", backend="hccl", ops="torch_npu", soc_prefixes=soc_prefixes, min_devices=8,
+        allowed_skips=(),
+        workers=8, pytest_args=("--platform", "npu"),
+    )
+
+
+# SoC names as torch_npu reports them (vllm-ascend's setup.py maps the same names to A2 / A3).
+NPU_A2 = _npu("A2", ("Ascend910B",), "Atlas A2 (Ascend910B*): real torch_npu ops on HCCL, full tier and benchmarks")
+NPU_A3 = _npu("A3", ("Ascend910_93",), "Atlas A3 (Ascend910_93*): real torch_npu ops on HCCL, full tier and benchmarks")
+
+PROFILES = {profile.name: profile for profile in (CPU_REFERENCE, NPU_A2, NPU_A3)}
+
+
+def get(name: str) -> Profile:
+    """The profile ``name``, or a one-line ConfigError naming the known ones."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
