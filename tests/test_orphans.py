@@ -361,9 +361,14 @@ def test_after_failure(world):
 '''
 
 
+def _records(pid_dir) -> list[str]:
+    """The finished records (a rank writes `name.tmp` first, then renames it)."""
+    return sorted(name for name in os.listdir(pid_dir) if name.endswith(".json"))
+
+
 def _recorded(pid_dir) -> list[dict]:
     entries = []
-    for name in sorted(os.listdir(pid_dir)):
+    for name in _records(pid_dir):
         with open(os.path.join(pid_dir, name)) as handle:
             entries.append(json.load(handle))
     return entries
@@ -425,7 +430,7 @@ def test_sigint_mid_test_leaves_no_process(tmp_path, target):
                             stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=_subprocess_env(),
                             start_new_session=True)
     try:
-        _wait_for(lambda: len(os.listdir(pid_dir)) >= 2 or proc.poll() is not None, STARTUP_BOUND,
+        _wait_for(lambda: len(_records(pid_dir)) >= 2 or proc.poll() is not None, STARTUP_BOUND,
                   "both ranks of the inner test to record their pids")
         assert proc.poll() is None, f"the inner pytest exited early:\n{_text(output)}"
         ranks = _recorded(pid_dir)

@@ -44,13 +44,18 @@ def forkserver_context():
     """The forkserver, started once per process with torch imported, so a new rank costs a fork.
 
     The device runtime is not initialised in the server (torch_npu / CUDA are touched only by a rank,
-    after its visible-devices variable is set). The last preload makes the server leave at once when
-    the session ends (forkserver_exit.py).
+    after its visible-devices variable is set). Under pytest, pytest and its assertion rewriter are
+    preloaded too: every rank imports them anyway (test modules are imported with rewriting,
+    ``pytest.skip`` imports pytest), and on a loaded host doing that in a new pool's first run took longer
+    than the grace its peers get after a rank's skip. The last preload makes the server leave at once
+    when the session ends (forkserver_exit.py).
     """
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "torch.distributed", "ascend_conformance.harness.rank_main",
+        under_pytest = ["pytest", "_pytest.assertion.rewrite"] if "pytest" in sys.modules else []
+        _context.set_forkserver_preload(["torch", "torch.distributed", *under_pytest,
+                                         "ascend_conformance.harness.rank_main",
                                          "ascend_conformance.harness.forkserver_exit"])
     return _context
 
