@@ -334,7 +334,7 @@ def _moe_config(scenario: Scenario, world: _World, num_experts: int, num_local: 
     return config
 
 
-def _build_layer(case: SutCase, world: _World, placement_file: str | None) -> _Layer:
+def _build_layer(case: SutCase, world: _World) -> _Layer:
     from vllm_ascend.ascend_config import get_ascend_config
     from vllm_ascend.eplb.core.eplb_utils import init_eplb_config
 
@@ -447,8 +447,7 @@ def _comm_methods(layer: _Layer) -> dict:
     return {name: get_moe_comm_method(getattr(MoECommType, kind)) for name, (kind, _) in METHODS.items()}
 
 
-def run_case(case: SutCase, world: _World, ops: str, device_type: str, placement_file: str | None,
-             keep_tensors: bool = False) -> dict:
+def run_case(case: SutCase, world: _World, ops: str, device_type: str, keep_tensors: bool = False) -> dict:
     """One scenario in this rank (collective); this rank's result against the dense oracle."""
     import torch.distributed as dist
     from ascend_conformance.moe.oracle import dense_moe
@@ -457,7 +456,7 @@ def run_case(case: SutCase, world: _World, ops: str, device_type: str, placement
     from vllm.distributed.parallel_state import get_dp_group, get_tp_group
 
     scenario = case.scenario
-    layer = _build_layer(case, world, placement_file)
+    layer = _build_layer(case, world)
     method = _comm_methods(layer)[scenario.method]
     dp_rank, tp_rank = get_dp_group().rank_in_group, get_tp_group().rank_in_group
     x, topk_ids, topk_weights = scenario.inputs(dp_rank)
@@ -543,7 +542,7 @@ def run_cases(cases: list[dict], device_type: str = "A3", vllm_ascend_path: str 
                 for index in indices:
                     case = parsed[index]
                     try:
-                        results[index] = run_case(case, world, ops, device_type, placement, keep_tensors)
+                        results[index] = run_case(case, world, ops, device_type, keep_tensors)
                     except Exception as exc:
                         raise RuntimeError(f"vllm_ascend {RELEASE} {case.label()} on {device_type}: "
                                            f"{one_line(exc, with_type=True)} | repro: {case.repro(device_type)}") from exc
