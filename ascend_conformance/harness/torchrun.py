@@ -95,7 +95,9 @@ class TorchrunRunner:
             return int(mask.split(",")[self.local_rank])
         return self.local_rank
 
-    def run(self, n: int, fn, args: tuple, kwargs: dict, test_id: str, timeout: float | None = None) -> list:
+    def run(self, n: int, fn, args: tuple, kwargs: dict, test_id: str, timeout: float | None = None,
+            pool_name: str = "") -> list:
+        # pool_name separates warm pools; the launched world is the only one here, whatever the name.
         self._ensure_initialised()
         seed, world_seed = context.seeds_for(test_id, self.rank)
         rank_ctx = context.RankContext(
