@@ -43,6 +43,7 @@ from ascend_conformance.errors import ConfigError
 __all__ = [
     "rebalance_experts",
     "why_not_unique",
+    "rebalance_one_replica_per_rank",
     "round_robin_placement",
     "balancedness",
     "BalancednessSummary",
@@ -366,6 +367,56 @@ def why_not_unique(weight: torch.Tensor, num_replicas: int, num_groups: int, num
         layers = (placed != in_float64).any(-1).nonzero().flatten().tolist()
         return f"a near-tie: the same algorithm in float64 arithmetic places layers {layers} differently"
     return None
+
+
+def rebalance_one_replica_per_rank(weight: torch.Tensor, num_replicas: int, num_gpus: int) -> list:
+    """The global greedy of :func:`rebalance_experts` under the rule of vllm-ascend's expert maps: no
+    logical expert twice on one GPU. Per layer ``phy2log [R]`` (int64), or ``None`` where the greedy runs
+    into a dead end (a replica whose every GPU with room already holds its expert).
+
+    Replication as DeepSeek's, except that an expert never gets more replicas than there are GPUs; packing
+    as DeepSeek's (heaviest per-replica load first, into the lightest GPU with room; ties to the lower
+    index), except that GPUs already holding the expert are passed over. A slot's position in its GPU is
+    its order of arrival. Computed in float64: this is a bound for policies that must keep the rule, not
+    a model of any release. Requires ``num_replicas <= E * num_gpus`` (otherwise no such placement exists).
+
+    Example: loads [60, 20, 10, 10] on 6 slots of 2 GPUs: DeepSeek gives expert 0 three replicas of 20
+    (two of them on one GPU); here it gets two of 30 and expert 1 the extra slot (two of 10):
+
+        >>> rebalance_one_replica_per_rank(torch.tensor([[60., 20., 10., 10.]]), 6, 2)
+        [tensor([0, 1, 2, 0, 1, 3])]
+    """
+    loads = _validate_loads(weight)
+    num_replicas = _require_positive_int("num_replicas", num_replicas)
+    num_gpus = _require_positive_int("num_gpus", num_gpus)
+    num_layers, num_logical = loads.shape
+    _validate_layout(num_logical, num_replicas, num_gpus)
+    if num_replicas > num_logical * num_gpus:
+        raise ConfigError(f"num_replicas {num_replicas} > {num_logical} experts x {num_gpus} GPUs: some GPU would "
+                          f"hold an expert twice")
+    slots_per_gpu = num_replicas // num_gpus
+    out = []
+    for row in loads.tolist():
+        counts = [1] * num_logical
+        for _ in range(num_replicas - num_logical):
+            open_experts = [e for e in range(num_logical) if counts[e] < num_gpus]
+            hottest = max(open_experts, key=lambda e: row[e] / counts[e])  # first maximum: lowest expert
+            counts[hottest] += 1
+        replicas = sorted(((row[e] / counts[e], e) for e in range(num_logical) for _ in range(counts[e])),
+                          key=lambda item: -item[0])  # stable: lower expert first among equal loads
+        gpus: list[list[int]] = [[] for _ in range(num_gpus)]
+        gpu_loads = [0.0] * num_gpus
+        for load, expert in replicas:
+            eligible = [g for g in range(num_gpus) if len(gpus[g]) < slots_per_gpu and expert not in gpus[g]]
+            if not eligible:
+                out.append(None)
+                break
+            gpu = min(eligible, key=gpu_loads.__getitem__)
+            gpus[gpu].append(expert)
+            gpu_loads[gpu] += load
+        else:
+            out.append(torch.tensor([e for slots in gpus for e in slots], dtype=torch.int64))
+    return out
 
 
 def round_robin_placement(num_layers: int, num_logical_experts: int, num_replicas: int,
