@@ -12,6 +12,7 @@ Every subcommand takes ``--checkout DIR`` (default: the checkout the package is 
 from __future__ import annotations
 
 import os
+import sys
 
 NAME = "acceptance"
 HELP = "vendor acceptance: mustpass lists per profile, run a profile into a bundle, verify a bundle"
@@ -79,8 +80,6 @@ def _profiles(args, checkout) -> int:
 
 
 def _list(args, checkout) -> int:
-    import sys
-
     from ascend_conformance.acceptance import mustpass, profiles
     from ascend_conformance.acceptance.checkout import suite_version
 
@@ -129,7 +128,11 @@ def _run(args, checkout) -> int:
     profile = profiles.get(args.profile)
     out = args.out or run_mod.default_out(profile, suite_version())
     run_mod.check_out_path(out, create_parent=args.out is None)
-    path = run_mod.run(checkout, profile, out, workers=args.workers)
+    try:
+        path = run_mod.run(checkout, profile, out, workers=args.workers)
+    except KeyboardInterrupt:
+        print(f"\nacceptance: interrupted; no bundle written ({out} untouched)", file=sys.stderr)
+        return 130
     print(f"\nacceptance: bundle written: {path}\n")
     report = verify.verify(path, checkout)
     print(report.render())
