@@ -606,13 +606,20 @@ def test_bad_registrations_are_one_line_errors_naming_the_values(world):
 # ==================================================================================================
 
 def _vllm_adapter():
-    from vllm.config import VllmConfig, set_current_vllm_config
+    from ascend_conformance.sut.vllm_groups import live_groups
+    from ascend_conformance.topology import ParallelConfig
+
+    # vLLM's layers are built as in a worker: its TP groups and its config current (TP 2 over the world).
+    with live_groups(ParallelConfig(world_size=2, tp=2, pp=1, dp=1)):
+        return _vllm_series()
+
+
+def _vllm_series():
     from vllm.model_executor.layers.linear import ReplicatedLinear
 
     me, start, count = dist.get_rank(), 1, 3
-    with set_current_vllm_config(VllmConfig()):
-        layers = {i: ReplicatedLinear(HIDDEN, HIDDEN, bias=False, prefix=f"model.layers.{i}.self_attn.o_proj")
-                  for i in range(start, start + count)}
+    layers = {i: ReplicatedLinear(HIDDEN, HIDDEN, bias=False, prefix=f"model.layers.{i}.self_attn.o_proj")
+              for i in range(start, start + count)}
     for i, layer in layers.items():
         with torch.no_grad():
             layer.weight.copy_(true_weight(1, i, layer.weight.shape, layer.weight.dtype) if i % 2 == me

@@ -27,9 +27,11 @@ SCRIPT = textwrap.dedent('''
 
     sys.meta_path.insert(0, RefuseTestRuntime())
 
-    # Not reference code: the test runtime itself, the adapters that drive systems under test (they import
-    # those systems), and the CLI entry point (it runs on import).
-    NOT_REFERENCE = ("ascend_conformance.harness", "ascend_conformance.sut", "ascend_conformance.__main__")
+    # Not reference code: the test runtime itself (the harness and the acceptance run's pytest plugin), the
+    # adapters that drive systems under test (they import those systems), and the CLI entry point (it runs
+    # on import).
+    NOT_REFERENCE = ("ascend_conformance.harness", "ascend_conformance.acceptance.pytest_plugin",
+                     "ascend_conformance.sut", "ascend_conformance.__main__")
 
     import ascend_conformance
     imported = []
