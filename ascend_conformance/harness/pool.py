@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import timedelta
 
 from ascend_conformance.harness import callables, loopback, oom, rank_group, rank_main, wire
@@ -40,29 +41,30 @@ _serial = itertools.count()
 _context = None
 
 
-def forkserver_context():
+def forkserver_context(extra_preload: Sequence[str] = ()):
     """The forkserver, started once per process with torch imported, so a new rank costs a fork.
 
     The device runtime is not initialised in the server (torch_npu / CUDA are touched only by a rank,
     after its visible-devices variable is set). Under pytest, pytest and its assertion rewriter are
     preloaded too: every rank imports them anyway (test modules are imported with rewriting,
     ``pytest.skip`` imports pytest), and on a loaded host doing that in a new pool's first run took longer
-    than the grace its peers get after a rank's skip. The last preload makes the server leave at once
-    when the session ends (forkserver_exit.py).
+    than the grace its peers get after a rank's skip. ``extra_preload`` adds modules the caller knows
+    the session's ranks will import (only the first call's list counts: the server starts once). The
+    last preload makes the server leave at once when the session ends (forkserver_exit.py).
     """
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         under_pytest = ["pytest", "_pytest.assertion.rewrite"] if "pytest" in sys.modules else []
-        _context.set_forkserver_preload(["torch", "torch.distributed", *under_pytest,
+        _context.set_forkserver_preload(["torch", "torch.distributed", *under_pytest, *extra_preload,
                                          "ascend_conformance.harness.rank_main",
                                          "ascend_conformance.harness.forkserver_exit"])
     return _context
 
 
-def prestart_forkserver() -> None:
-    """Start the forkserver now; it imports torch while the session goes on collecting tests."""
-    forkserver_context()
+def prestart_forkserver(extra_preload: Sequence[str] = ()) -> None:
+    """Start the forkserver now; it imports torch (and ``extra_preload``) while the first tests run."""
+    forkserver_context(extra_preload)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()

@@ -37,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -154,11 +156,19 @@ def launcher_environment(overrides: Mapping[str, str]) -> Iterator[None]:
     the release itself wrote there meanwhile)."""
     saved = dict(os.environ)
     os.environ.update(overrides)
+    # vLLM binds its message-queue broadcasters' zmq sockets under VLLM_RPC_BASE_PATH (default: /tmp) and
+    # leaves the socket files behind: a directory of the block's own, removed with them.
+    ipc_dir = None
+    if "VLLM_RPC_BASE_PATH" not in os.environ:
+        ipc_dir = tempfile.mkdtemp(prefix="ascend-conformance-vllm-ipc-")
+        os.environ["VLLM_RPC_BASE_PATH"] = ipc_dir
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 # -- configuration ----------------------------------------------------------------------------------
