@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ascend_conformance import platform as platforms
     from ascend_conformance.harness.leases import default_lease_dir
-    from ascend_conformance.harness.pool import RankFailure
+    from ascend_conformance.harness.pool import RankFailure, prestart_forkserver
     from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
     from ascend_conformance.moe.scenario_on_rank import run_scenarios
     from ascend_conformance.moe.scenario_verdict import summarize
@@ -175,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     plat = platforms.require(platforms.get())
     if plat.name == "cpu":
         plat.slots = max(plat.slots, scenario.world_size)  # cpu "devices" are lease slots over shared cores
+    # Ranks of a system under test fork with its heavy dependencies already imported.
+    prestart_forkserver(["ascend_conformance.sut.dependency_preload"] if case is not None else [])
     with tempfile.TemporaryDirectory(prefix="ascend-conformance-moe-") as logs:
         runner = WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
                                           lease_dir=default_lease_dir(plat.name), log_root=logs,

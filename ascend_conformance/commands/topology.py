@@ -122,7 +122,8 @@ def capture_live(sut: str, config: ParallelConfig, timeout: float) -> dict | str
         raise ConfigError(f"cannot build {sut}'s groups: {reason}")
     n = config.world_size
     fields = dataclasses.asdict(config)
-    with standalone_runner(rank_timeout=timeout, min_cpu_slots=n, max_warm_ranks=n) as runner:
+    with standalone_runner(rank_timeout=timeout, min_cpu_slots=n, max_warm_ranks=n,
+                           preload=["ascend_conformance.sut.dependency_preload"]) as runner:
         skip = runner.skip_reason(n)
         if skip:
             raise ConfigError(f"cannot build {sut}'s groups here: {skip}")

@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from ascend_conformance.errors import ConfigError
 from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
@@ -273,7 +273,7 @@ def _check_shippable(fn: Callable) -> None:
 
 @contextlib.contextmanager
 def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, max_warm_ranks: int | None = None,
-                      platform: Platform | None = None) -> Iterator[WorldRunner]:
+                      platform: Platform | None = None, preload: Sequence[str] = ()) -> Iterator[WorldRunner]:
     """A WorldRunner for code outside pytest (benchmark scripts, the CLI): the detected platform, the
     host-wide lease directory (so a benchmark never shares a device with a running test session), rank
     logs in a temporary directory, every rank stopped on exit.
@@ -281,6 +281,7 @@ def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, m
         with standalone_runner() as runner:
             per_rank = runner.run(4, fn, args, kwargs, "bench::name")
 
+    ``preload``: modules the rank forkserver imports before the first fork (what every rank would import).
     Raises PlatformUnavailable (one line) when the platform cannot be used.
     """
     from ascend_conformance import platform as platforms
@@ -290,7 +291,7 @@ def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, m
     plat = platforms.require(platform or platforms.get())
     if plat.name == "cpu":
         plat.slots = max(plat.slots, min_cpu_slots)
-    prestart_forkserver()
+    prestart_forkserver(preload)
     with tempfile.TemporaryDirectory(prefix="ascend-conformance-ranks-") as logs:
         runner = WorldRunner(WorldOptions(platform=plat, physical_ids=physical_device_ids(plat, plat.slots),
                                           lease_dir=default_lease_dir(plat.name), log_root=logs,
