@@ -8,7 +8,7 @@ which the pytest process must never see.
 * an op the suite has no golden model of raises AttributeError naming it;
 * ``activate()`` returns ``torch_npu`` and changes nothing when a real torch_npu imports (a fake one here);
 * what the stand-in adds keeps torch believing there is no accelerator, and the HCCL names it hands out
-  resolve to the groups they name.
+  resolve to the groups they name, without keeping a destroyed group alive.
 """
 from __future__ import annotations
 
@@ -137,9 +137,23 @@ def test_hccl_names_resolve_to_their_groups_and_custom_ops_are_the_golden_models
         model = golden.npu_moe_init_routing_v2(x, ids, **kwargs)
         same = all(torch.equal(a, b) for a, b in zip(custom, model))
         counts = torch.histc(torch.tensor([0, 3, 3, 1], dtype=torch.int32), bins=4, min=0, max=4)
+        # A name must not keep its group alive: a destroyed gloo group's threads go, and its name resolves
+        # to nothing (a warm rank once kept every MoE world's groups, hundreds of polling threads).
+        loops = lambda: sum(open(f"/proc/self/task/{t}/comm").read().strip() == "gloo_tcp_loop"
+                            for t in os.listdir("/proc/self/task"))
+        with_group = loops()
+        dist.destroy_process_group(group)
+        del group
+        after_destroy = loops()
+        try:
+            standin.process_group_for_hccl_name("op", name)
+            stale = None
+        except Exception as exc:
+            stale = type(exc).__name__
         print(json.dumps({"name": name, "resolved": resolved, "unknown": unknown, "custom_is_golden": same,
                           "histc": counts.tolist(), "histc_dtype": str(counts.dtype),
-                          "npu_tensor_is_self": (lambda t: t.npu() is t)(torch.ones(1))}))
+                          "npu_tensor_is_self": (lambda t: t.npu() is t)(torch.ones(1)),
+                          "gloo_loops": [with_group, after_destroy], "stale": stale}))
         dist.destroy_process_group()
     """)
     assert out["name"].startswith("standin-hccl-") and out["resolved"] is True
@@ -148,3 +162,4 @@ def test_hccl_names_resolve_to_their_groups_and_custom_ops_are_the_golden_models
     assert out["custom_is_golden"] is True
     assert (out["histc"], out["histc_dtype"]) == ([1, 1, 0, 2], "torch.int32")
     assert out["npu_tensor_is_self"] is True
+    assert out["gloo_loops"][1] == out["gloo_loops"][0] - 1 and out["stale"] == "ConfigError", out

@@ -46,6 +46,7 @@ import inspect
 import os
 import sys
 import types
+import weakref
 
 STANDIN_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_site")
 
@@ -184,7 +185,10 @@ def _all_gather_unequal_chunks_as_hccl() -> None:
 # -- HCCL communicator names ------------------------------------------------------------------------
 
 HCCL_NAME_PREFIX = "standin-hccl-"
-_groups_by_hccl_name: dict = {}
+# Weak: a name must not keep its group alive after the release destroys it (each gloo group keeps threads
+# polling; a warm rank accumulated hundreds). A destroyed group's name then resolves to nothing, as a
+# destroyed HCCL communicator would.
+_groups_by_hccl_name: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class _HcclNameOnly:

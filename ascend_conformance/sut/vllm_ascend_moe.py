@@ -285,7 +285,16 @@ def _vllm_ascend_world(scenario: Scenario, additional_config: dict):
 
 
 def _destroy() -> None:
-    """Undo the parallel state (vllm-ascend's, then vLLM's), keeping the default group the harness owns."""
+    """Undo the parallel state (vllm-ascend's, then vLLM's), keeping the default group the harness owns.
+
+    vllm-ascend keeps the comm methods a layer set up in a process-wide registry (``_MoECommMethods``),
+    each holding its ``FusedMoEConfig`` and through it the DP / EP / MC2 coordinators: its own destroy
+    leaves them there, so every world of a warm rank kept the gloo groups (and their threads) of the
+    previous one alive. A worker process ends with its model; a warm rank empties the registry instead.
+    """
+    comm_methods = sys.modules.get("vllm_ascend.ops.fused_moe.moe_comm_method")
+    if comm_methods is not None:
+        comm_methods._MoECommMethods.clear()
     ascend = sys.modules.get("vllm_ascend.distributed.parallel_state")
     if ascend is not None:
         ascend.destroy_ascend_model_parallel()
