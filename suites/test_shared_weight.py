@@ -18,7 +18,6 @@ Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weig
 """
 from __future__ import annotations
 
-import gc
 import math
 
 import pytest
@@ -29,6 +28,7 @@ from ascend_conformance import shared_weight as sw
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.errors import ConfigError, one_line
 from ascend_conformance.harness import rank_context
+from ascend_conformance.live_tensors import live_storages, new_objects_only, new_storage_sizes
 
 HIDDEN = 8
 TOKENS = 3
@@ -311,48 +311,35 @@ def test_series_over_the_shard_weight_group_coordinators(world, k):
 # 3. weight storage per rank, counted from storage bytes
 # ==================================================================================================
 
-def live_storages() -> dict:
-    """data_ptr -> (nbytes, a tensor keeping it alive) of every tensor the interpreter can reach."""
-    gc.collect()
-    out = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and not obj.is_meta:
-            storage = obj.untyped_storage()
-            if storage.nbytes() and storage.data_ptr():
-                out[storage.data_ptr()] = (storage.nbytes(), obj)
-    return out
-
-
 def new_storage_bytes(before: dict, dtype=torch.float32) -> int:
-    """Bytes of the storages of ``dtype`` tensors that are live now and were not in ``before``. Only the
-    weight dtype counts: the pickled objects of set-up's metadata exchange are uint8 / int64 tensors that
-    the communicator may free a little later."""
-    return sum(nbytes for ptr, (nbytes, t) in live_storages().items() if ptr not in before and t.dtype == dtype)
+    return sum(new_storage_sizes(before, dtype))
 
 
 def _storage_per_rank(configs):
-    results = []
-    for cfg in configs:
-        ranks = cfg["ranks"]
-        n, me = len(ranks), group_rank_of(ranks)
-        before = live_storages()  # holding the tensors keeps their addresses from being reused
-        layers = build_stack(cfg, lambda i: i % n == me)
-        # The counter itself, once: before set-up every rank holds the whole stack.
-        full = new_storage_bytes(before) if not results else None
-        name = "series"
-        for i, layer in layers.items():
-            sw.register_layer(name, list(ranks), layer, i, prefetch_step=cfg["k"])
-        series = sw.finish_setup(name)
-        after_setup = new_storage_bytes(before)
-        for p in range(3):
-            out = sharded_pass(layers, pass_input(cfg, p))
-        del out
-        series.drain()
-        after_passes = new_storage_bytes(before)
-        sw.release_series(name)
-        del layers, series
-        results.append((full, after_setup, after_passes))
-    return results
+    with new_objects_only():
+        return [_storage_of_one_series(cfg, first=index == 0) for index, cfg in enumerate(configs)]
+
+
+def _storage_of_one_series(cfg, first: bool) -> tuple:
+    """(unsharded bytes, bytes after set-up, bytes after 3 passes) of one series in this rank."""
+    ranks = cfg["ranks"]
+    n, me = len(ranks), group_rank_of(ranks)
+    before = live_storages()  # holding the tensors keeps their addresses from being reused
+    layers = build_stack(cfg, lambda i: i % n == me)
+    # The counter itself, once: before set-up every rank holds the whole stack.
+    full = new_storage_bytes(before) if first else None
+    name = "series"
+    for i, layer in layers.items():
+        sw.register_layer(name, list(ranks), layer, i, prefetch_step=cfg["k"])
+    series = sw.finish_setup(name)
+    after_setup = new_storage_bytes(before)
+    for p in range(3):
+        out = sharded_pass(layers, pass_input(cfg, p))
+    del out
+    series.drain()
+    after_passes = new_storage_bytes(before)
+    sw.release_series(name)
+    return full, after_setup, after_passes
 
 
 STORAGE_CASES = [

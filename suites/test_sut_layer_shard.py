@@ -22,8 +22,6 @@ loaded only where a layer is owned (NaN elsewhere), so only the owner's copy may
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 
 import pytest
@@ -34,6 +32,7 @@ from sut_support import sut_world
 
 from ascend_conformance.errors import Divergence
 from ascend_conformance.harness import rank_context
+from ascend_conformance.live_tensors import live_storages, new_objects_only, new_storage_sizes
 from ascend_conformance.sut import VLLM_ASCEND, stack
 from ascend_conformance.sut import vllm_ascend_layer_shard as layer_shard
 from ascend_conformance.tolerance import Kind, assert_close
@@ -85,39 +84,6 @@ def pass_input(p: int, start: int, dtype) -> torch.Tensor:
     return torch.randn(TOKENS, HIDDEN, generator=generator, dtype=torch.float64).to(dtype)
 
 
-@contextlib.contextmanager
-def heap_of_this_batch():
-    """Within the block, ``gc.get_objects()`` sees only objects created in it: the objects that existed
-    before (vLLM, vllm-ascend, transformers: ~600 000) move to gc's permanent generation and back after.
-    A series' layers, weights and windows are all created in the block; scanning the whole heap instead
-    took ~1-2 s per look, four looks per series."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def live_storages() -> dict:
-    """data_ptr -> (nbytes, a tensor keeping it alive) of every tensor the interpreter can reach that was
-    created in the current :func:`heap_of_this_batch` block."""
-    gc.collect()
-    out = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and not obj.is_meta:
-            storage = obj.untyped_storage()
-            if storage.nbytes() and storage.data_ptr():
-                out[storage.data_ptr()] = (storage.nbytes(), obj)
-    return out
-
-
-def new_storages(before: dict, dtype) -> list[int]:
-    """Sizes of the storages of ``dtype`` tensors live now that were not in ``before`` (the weight dtype
-    only: set-up's metadata exchange leaves byte / int64 tensors that the communicator frees later)."""
-    return sorted(nbytes for ptr, (nbytes, t) in live_storages().items() if ptr not in before and t.dtype == dtype)
-
-
 def unsharded_outputs(start: int, count: int, seed: int, dtype) -> list:
     """The same layers with every weight local: the oracle."""
     layers = layer_shard.build_layers(start, count, HIDDEN, dtype)
@@ -139,14 +105,14 @@ def run_series(group, start: int, count: int, k: int, seed: int, dtype=torch.flo
     name = f"o_proj@{start}-{count}-{k}"
     before = live_storages()  # holding the tensors keeps their addresses from being reused
     layers = layer_shard.build_layers(start, count, HIDDEN, dtype)
-    outcome: dict = {"unsharded_bytes": sum(new_storages(before, dtype)), "owned": sum(
+    outcome: dict = {"unsharded_bytes": sum(new_storage_sizes(before, dtype)), "owned": sum(
         1 for i in layers if i % n == me)}
     try:
         layer_shard.register(name, group, layers, k)
         layer_shard.load(layers, {i: true_weight(seed, i, dtype) if i % n == me
                                   else torch.full((HIDDEN, HIDDEN), float("nan"), dtype=dtype) for i in layers})
         layer_shard.finish(layers)
-        outcome["after_setup"] = new_storages(before, dtype)
+        outcome["after_setup"] = new_storage_sizes(before, dtype)
         started_at: dict[int, int] = {}  # layer -> step of the reach_layer that last started its broadcast
         distances, outputs, step = set(), [], 0
         try:
@@ -163,14 +129,14 @@ def run_series(group, start: int, count: int, k: int, seed: int, dtype=torch.flo
         except layer_shard.WindowAssert as exc:
             outcome["window_assert"] = str(exc)
         layer_shard.drain(layers)
-        outcome.update(outputs=outputs, distances=sorted(distances), after_passes=new_storages(before, dtype))
+        outcome.update(outputs=outputs, distances=sorted(distances), after_passes=new_storage_sizes(before, dtype))
     finally:
         layer_shard.forget_series(name)
     return outcome
 
 
 def _series_batch(cases: list) -> list:
-    with heap_of_this_batch(), layer_shard.shard_world(pp=1) as groups:
+    with new_objects_only(), layer_shard.shard_world(pp=1) as groups:
         results = []
         for world_size, count, start, k in cases:
             seed = 1000 * count + 10 * start + k
@@ -183,7 +149,7 @@ def _series_batch(cases: list) -> list:
 
 def _stages_batch() -> dict:
     out = {}
-    with heap_of_this_batch(), layer_shard.shard_world(pp=2) as groups:
+    with new_objects_only(), layer_shard.shard_world(pp=2) as groups:
         stage = groups["pp"].rank_in_group
         start = stage * STAGE_LAYERS
         for kind, group in (("release-shard_weight", groups["shard_weight"]), ("stage", groups["dp"])):
