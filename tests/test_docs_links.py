@@ -203,7 +203,7 @@ def test_each_kind_of_dangling_reference_is_reported_with_its_line(tmp_path):
         f"{DOCS}/a.md": _GOOD[f"{DOCS}/a.md"] + "[self](#not-here) [up](../missing.py) [b](b.md#twice-2)\n"
                                                "[fenced](#not-a-heading) `[not a link](nowhere.md)`\n",
         "pkg/module.py": _GOOD["pkg/module.py"] + f"# {DOCS}/gone.md\n# {DOCS}/a.md#no-such\n"
-                                                  f"# {DOCS}/b.md {SIGN}no-such\n# see SEMANTICS.md {SIGN}3\n",
+                                                  f"# {DOCS}/b.md {SIGN}no-such\n# see OLD_SPEC.md {SIGN}3\n",
         "suites/test_x.py": f"# {DOCS}/layout.md, the invariants\n",
         "Makefile": f"# {DOCS}/cli.md\n",
     })
@@ -223,7 +223,7 @@ def test_each_kind_of_dangling_reference_is_reported_with_its_line(tmp_path):
                      f"pkg/module.py:3: {DOCS}/a.md has no heading with anchor no-such",
                      f"pkg/module.py:4: {DOCS}/b.md has no heading with anchor no-such",
                      f"pkg/module.py:5: section sign without a {DOCS}/<name>.md reference before it: "
-                     f"# see SEMANTICS.md {SIGN}3",
+                     f"# see OLD_SPEC.md {SIGN}3",
                      f"suites/test_x.py:1: {DOCS}/layout.md does not exist"):
         assert expected in problems, (expected, problems)
     assert len(problems) == 8, problems
