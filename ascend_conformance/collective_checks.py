@@ -21,7 +21,7 @@ it receives ``exact_values(1)`` (its previous member) and sends to rank 5.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -339,10 +339,10 @@ def expect_per_kind(ranks: list[int], i: int, kind: str) -> dict:
     return expected
 
 
-def cases_for(group_size: int, dtype_names: list[str]):
-    """(case, dtype name, salt) of every case a member of a group of `group_size` runs: point-to-point cases
-    need a peer, and a case runs only in its own dtypes."""
-    for case in CASES:
+def cases_for(group_size: int, dtype_names: Sequence[str], cases: Sequence[Case] | None = None):
+    """(case, dtype name, salt) of every case of ``cases`` (default: all of :data:`CASES`) a member of a
+    group of `group_size` runs: point-to-point cases need a peer, and a case runs only in its own dtypes."""
+    for case in CASES if cases is None else cases:
         if case.needs_peer and group_size == 1:
             continue
         for dtype_name in dtype_names:

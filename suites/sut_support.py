@@ -6,8 +6,19 @@ their own, never on the pools the reference suites use.
 """
 from __future__ import annotations
 
+import pytest
+
+from ascend_conformance.sut import stack
+
 
 def sut_world(world, sut: str, n: int, timeout: float | None = None, variant: str = ""):
     """``world(n)`` on the warm pools kept for ``sut`` (``"vllm"`` or ``"vllm_ascend"``); a ``variant``
     (e.g. the device type a stand-in emulates, fixed for the life of a rank) gets pools of its own."""
     return world(n, timeout=timeout, pool=f"{sut}-{variant}" if variant else sut)
+
+
+def need_stack(sut: str) -> None:
+    """Skip the calling test, with the stack's own reason, when ``sut`` is not importable here."""
+    reason = stack.unavailable_reason(sut)
+    if reason:
+        pytest.skip(reason)

@@ -38,8 +38,7 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
-from sut_batch import SharedRuns
-from sut_support import sut_world
+from sut_support import need_stack, sut_world
 
 from ascend_conformance.eplb import balancedness, check_placement, rebalance_experts, summarize_balancedness
 from ascend_conformance.eplb.loads import sampled_zipf_loads, zipf_loads
@@ -47,7 +46,7 @@ from ascend_conformance.eplb.placement import rebalance_one_replica_per_rank, wh
 from ascend_conformance.eplb.plan import plan_redistribution
 from ascend_conformance.eplb.redistribute import execute_plan
 from ascend_conformance.errors import Divergence
-from ascend_conformance.sut import VLLM, VLLM_ASCEND, stack
+from ascend_conformance.sut import VLLM, VLLM_ASCEND
 from ascend_conformance.sut import vllm_ascend_eplb, vllm_eplb
 
 pytestmark = pytest.mark.area("eplb")
@@ -63,17 +62,6 @@ TIE_MARGIN = 0.02
 # (rebalance_one_replica_per_rank). Measured on this suite's loads: where they work they stay within 0.012
 # of it (flashlb often far above it); the failures are 0.10 or more below it.
 POLICY_MARGIN = 0.05
-
-
-@pytest.fixture(scope="session")
-def shared_runs(tmp_path_factory):
-    return SharedRuns(tmp_path_factory)
-
-
-def _need(sut: str) -> None:
-    reason = stack.unavailable_reason(sut)
-    if reason:
-        pytest.skip(reason)
 
 
 # ==================================================================================================
@@ -113,7 +101,7 @@ def _split_over_ranks(run_cases, cases: list) -> dict:
 
 
 def _batch(world, shared_runs, sut: str, key: str, run_cases, cases: list) -> list:
-    _need(sut)
+    need_stack(sut)
 
     def run():
         merged: dict = {}
@@ -244,7 +232,7 @@ def _keep_slot_results(world, shared_runs) -> list:
 @pytest.mark.parametrize("index", range(len(KEEP_SLOT_CASES)),
                          ids=[f"{kind}-{setup}" for kind, setup in KEEP_SLOT_CASES])
 def test_vllm_keeps_slots_of_experts_that_stay(world, shared_runs, index):
-    (plain_case, case), (plain, kept) = _keep_slot_cases()[index], _keep_slot_results(world, shared_runs)[index]
+    (_, case), (plain, kept) = _keep_slot_cases()[index], _keep_slot_results(world, shared_runs)[index]
     old, num_ranks = case["old_phy2log"], case["num_ranks"]
     per_rank = old.shape[1] // num_ranks
     headline = f"{vllm_eplb.label()} DefaultEplbPolicy with the old placement, {KEEP_SLOT_CASES[index]}"
@@ -269,7 +257,7 @@ def test_vllm_keeps_slots_of_experts_that_stay(world, shared_runs, index):
 @pytest.mark.sut(VLLM)
 def test_every_vllm_policy_is_checked(world, shared_runs):
     # A release that registers another policy needs its own checks here.
-    _need(VLLM)
+    need_stack(VLLM)
     names = shared_runs.get("vllm-eplb-policies", lambda: sut_world(world, VLLM, POLICY_WORLD, timeout=RUN_TIMEOUT)
                             .run(_registered_vllm_policies)[0])
     assert names == ["default"], f"{vllm_eplb.label()} registers EPLB policies {names}; this suite checks ['default']"
@@ -442,7 +430,7 @@ def _flashlb_with_bounds_checks(cases: list) -> list:
 def test_flashlb_stays_inside_its_arrays(world, shared_runs, load_kind, setup):
     # numba compiles without bounds checks: an index past an array writes memory silently. With them on, an
     # out-of-bounds access raises; the same policy on the same loads must then run as before.
-    _need(VLLM_ASCEND)
+    need_stack(VLLM_ASCEND)
     outcomes = shared_runs.get("vllm_ascend-flashlb-boundscheck", lambda: sut_world(
         world, VLLM_ASCEND, 1, timeout=RUN_TIMEOUT, variant="numba-boundscheck").run(
         _flashlb_with_bounds_checks, FLASHLB_BOUNDS_CASES)[0])
@@ -460,7 +448,7 @@ def _factory_classes() -> dict:
 @pytest.mark.sut(VLLM_ASCEND)
 def test_vllm_ascend_factory_maps_policy_types(world, shared_runs):
     # FlashLB's class is read in the policy batch (its factory call warms it up on a large dummy problem).
-    _need(VLLM_ASCEND)
+    need_stack(VLLM_ASCEND)
     classes = shared_runs.get("vllm_ascend-eplb-factory", lambda: sut_world(
         world, VLLM_ASCEND, POLICY_WORLD, timeout=RUN_TIMEOUT).run(_factory_classes)[0])
     expected = {name: vllm_ascend_eplb.POLICY_CLASSES[name] for name in ("random", "default", "swift_balancer")}
@@ -573,7 +561,7 @@ def _transfer_on_rank(source: str, experts: int, redundant: int, dtype_name: str
 @pytest.mark.parametrize("source, experts, ranks, redundant, dtype", TRANSFER_CASES,
                          ids=[f"{s}-E{e}-W{g}-red{r}-{d}" for s, e, g, r, d in TRANSFER_CASES])
 def test_vllm_ascend_weight_transfer(world, report, source, experts, ranks, redundant, dtype):
-    _need(VLLM_ASCEND)
+    need_stack(VLLM_ASCEND)
     per_rank = sut_world(world, VLLM_ASCEND, ranks, timeout=RUN_TIMEOUT).run(
         _transfer_on_rank, source, experts, redundant, dtype)
     old, new = per_rank[0]["old"], per_rank[0]["new"]

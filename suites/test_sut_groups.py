@@ -21,11 +21,10 @@ a refusal always fails).
 from __future__ import annotations
 
 import pytest
-from sut_batch import SharedRuns
-from sut_support import sut_world
+from sut_support import need_stack, sut_world
 
 from ascend_conformance.errors import Divergence, SutRefused
-from ascend_conformance.sut import VLLM, VLLM_ASCEND, stack
+from ascend_conformance.sut import VLLM, VLLM_ASCEND
 from ascend_conformance.sut.captured_layouts import CaptureError, adapter, capture_views, judge, merge_rank_views
 from ascend_conformance.sut.vllm_coordinators import CASE_NAMES, check_coordinators, exercise_coordinators
 from ascend_conformance.topology import ParallelConfig, build_layout
@@ -108,20 +107,9 @@ COORDINATOR_DTYPES = ["float32", "float16", "bfloat16", "int32", "int64"]
 RUN_TIMEOUT = 1200  # seconds: one batched world run (imports of the stack in every rank included)
 
 
-@pytest.fixture(scope="session")
-def shared_runs(tmp_path_factory):
-    return SharedRuns(tmp_path_factory)
-
-
-def _need(sut: str) -> None:
-    reason = stack.unavailable_reason(sut)
-    if reason:
-        pytest.skip(reason)
-
-
 def _capture_batch(world, shared_runs, sut: str, world_size: int, configs: dict) -> dict:
     """{name: per-rank outcomes} of every configuration of ``configs`` of this world size, from one run."""
-    _need(sut)
+    need_stack(sut)
     names = [name for name, fields in configs.items() if fields["world_size"] == world_size]
 
     def run():
@@ -271,7 +259,7 @@ def test_release_refuses(world, shared_runs, sut, name):
 @pytest.mark.parametrize("layout, case", [(layout, case) for layout in COORDINATOR_LAYOUTS for case in CASE_NAMES],
                          ids=[f"{layout}-{case}" for layout in COORDINATOR_LAYOUTS for case in CASE_NAMES])
 def test_vllm_coordinator(world, shared_runs, layout, case):
-    _need(VLLM)
+    need_stack(VLLM)
     fields = COORDINATOR_LAYOUTS[layout]
 
     def run():

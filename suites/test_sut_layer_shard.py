@@ -26,14 +26,12 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-from sut_batch import SharedRuns
-from sut_support import sut_world
+from sut_support import need_stack, sut_world
 
 from ascend_conformance.errors import Divergence
 from ascend_conformance.harness import rank_context
 from ascend_conformance.live_tensors import live_storages, new_objects_only, new_storage_sizes
-from ascend_conformance.sut import VLLM_ASCEND, stack
+from ascend_conformance.sut import VLLM_ASCEND
 from ascend_conformance.sut import vllm_ascend_layer_shard as layer_shard
 from ascend_conformance.tolerance import Kind, assert_close
 
@@ -53,17 +51,6 @@ SERIES_CASES = [
 ]
 STAGE_GROUPS = ["release-shard_weight", "stage"]
 STAGE_LAYERS = 4  # per PP stage, k = 1
-
-
-@pytest.fixture(scope="session")
-def shared_runs(tmp_path_factory):
-    return SharedRuns(tmp_path_factory)
-
-
-def _need() -> None:
-    reason = stack.unavailable_reason(VLLM_ASCEND)
-    if reason:
-        pytest.skip(reason)
 
 
 def case_id(world_size: int, count: int, start: int, k: int) -> str:
@@ -165,7 +152,7 @@ def _stages_batch() -> dict:
 # ==================================================================================================
 
 def _series_results(world, shared_runs, world_size: int) -> dict:
-    _need()
+    need_stack(VLLM_ASCEND)
     cases = [c for c in SERIES_CASES if c[0] == world_size]
 
     def run():
@@ -218,7 +205,7 @@ def test_series(world, shared_runs, report, world_size, count, start, k):
 
 @pytest.mark.parametrize("group_kind", STAGE_GROUPS)
 def test_pipeline_stages(world, shared_runs, group_kind):
-    _need()
+    need_stack(VLLM_ASCEND)
     per_rank = shared_runs.get("vllm_ascend-layer-shard-W4-PP2", lambda: sut_world(
         world, VLLM_ASCEND, 4, timeout=RUN_TIMEOUT).run(_stages_batch))
     outcomes = [by_kind[group_kind] for by_kind in per_rank]

@@ -29,7 +29,7 @@ import re
 import shutil
 
 import pytest
-from sut_support import sut_world
+from sut_support import need_stack, sut_world
 
 from ascend_conformance import platform as platforms
 from ascend_conformance.errors import Divergence
@@ -109,9 +109,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def vllm_ascend_installed():
-    reason = stack.unavailable_reason(VLLM_ASCEND)
-    if reason:
-        pytest.skip(reason)
+    need_stack(VLLM_ASCEND)
 
 
 def run_and_check(world, report, device_type: str, cases: list[SutCase], variant: str = "", **kwargs) -> list[dict]:

@@ -42,11 +42,8 @@ _SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _walk(directory: str, prefix: str) -> dict[str, str]:

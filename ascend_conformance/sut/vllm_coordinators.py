@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ascend_conformance import collective_checks
-from ascend_conformance.collective_checks import DTYPES, Case, case_salt, exact_values
+from ascend_conformance.collective_checks import DTYPES, Case, cases_for, exact_values
 from ascend_conformance.errors import one_line
 from ascend_conformance.tolerance import Kind, assert_close
 from ascend_conformance.topology import ParallelConfig, build_layout
@@ -162,15 +162,6 @@ class _ProjectCallShapes:
             raise NotImplementedError(f"{name} needs a device communicator, which 0.23 gives no group of one")
 
 
-def _cases_for(group_size: int, dtype_names: Sequence[str]):
-    for case in CASES:
-        if case.needs_peer and group_size == 1:
-            continue
-        for dtype_name in dtype_names:
-            if dtype_name in case.dtypes:
-                yield case, dtype_name, case_salt(case.name, dtype_name)
-
-
 # -- in a rank ---------------------------------------------------------------------------------------
 
 def exercise_coordinators(config_fields: Mapping, dtype_names: Sequence[str]) -> dict:
@@ -182,7 +173,7 @@ def exercise_coordinators(config_fields: Mapping, dtype_names: Sequence[str]) ->
     with vllm_groups.live_groups(ParallelConfig(**config_fields)) as built:
         for kind in KINDS:
             g = _ProjectCallShapes(built[kind])
-            for case, dtype_name, salt in _cases_for(g.world_size, dtype_names):
+            for case, dtype_name, salt in cases_for(g.world_size, dtype_names, CASES):
                 observed[(kind, case.name, dtype_name)] = _observe(
                     built[kind], lambda: case.run(g, DTYPES[dtype_name], salt))
             for name, (run, _) in PER_KIND_CASES.items():
@@ -242,7 +233,7 @@ def check_coordinators(config_fields: Mapping, dtype_names: Sequence[str],
         for kind in KINDS:
             ranks = next(group for group in layout[kind] if rank in group)
             i = ranks.index(rank)
-            for case, dtype_name, salt in _cases_for(len(ranks), dtype_names):
+            for case, dtype_name, salt in cases_for(len(ranks), dtype_names, CASES):
                 _judge(verdicts[case.name], f"rank {rank} {kind} {ranks} {case.name} {dtype_name}",
                        observed.get((kind, case.name, dtype_name)),
                        lambda: case.expect(ranks, i, DTYPES[dtype_name], salt), case.compare)
