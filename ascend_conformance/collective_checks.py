@@ -380,7 +380,9 @@ def exercise_every_group(config_fields: dict, dtype_names: list[str]) -> dict:
 
 # -------------------------------------------------------------------------- in the test process
 
-def _differences(label: str, actual, expected, compare: Kind) -> list[str]:
+def differences(label: str, actual, expected, compare: Kind) -> list[str]:
+    """One line per way ``actual`` differs from ``expected`` (nested dicts key by key; a dict's "result"
+    under ``compare``, every other value exact), each starting with ``label``."""
     if isinstance(expected, dict):
         if not isinstance(actual, dict) or set(actual) != set(expected):
             keys = sorted(actual) if isinstance(actual, dict) else type(actual).__name__
@@ -388,7 +390,7 @@ def _differences(label: str, actual, expected, compare: Kind) -> list[str]:
         out = []
         for key in expected:
             kind = compare if key == "result" else Kind.EXACT
-            out += _differences(f"{label}.{key}", actual[key], expected[key], kind)
+            out += differences(f"{label}.{key}", actual[key], expected[key], kind)
         return out
     if isinstance(expected, torch.Tensor):
         try:
@@ -417,11 +419,11 @@ def check_report(config_fields: dict, dtype_names: list[str], per_rank: list[dic
                     problems.append(f"{label}: not run")
                     continue
                 expected = case.expect(ranks, i, DTYPES[dtype_name], salt)
-                problems += _differences(label, observed[key], expected, case.compare)
+                problems += differences(label, observed[key], expected, case.compare)
                 checks += 1
             key = (kind, "per_kind")
             expected_keys.add(key)
-            problems += _differences(f"rank {rank} {kind} {ranks}", observed.get(key),
+            problems += differences(f"rank {rank} {kind} {ranks}", observed.get(key),
                                      expect_per_kind(ranks, i, kind), Kind.EXACT)
             checks += 1
         extra = {key for key in observed if isinstance(key, tuple)} - expected_keys

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ascend_conformance import collective_checks
-from ascend_conformance.collective_checks import DTYPES, Case, cases_for, exact_values
+from ascend_conformance.collective_checks import DTYPES, Case, cases_for, differences, exact_values
 from ascend_conformance.errors import one_line
-from ascend_conformance.tolerance import Kind, assert_close
+from ascend_conformance.tolerance import Kind
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 KINDS = ("tp", "pp", "dp", "ep")
@@ -193,23 +193,6 @@ def _observe(coordinator, call) -> dict:
 
 # -- in the test process -----------------------------------------------------------------------------
 
-def _differences(label: str, actual, expected, compare: Kind) -> list[str]:
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict) or set(actual) != set(expected):
-            keys = sorted(actual) if isinstance(actual, dict) else type(actual).__name__
-            return [f"{label}: observed keys {keys}, expected {sorted(expected)}"]
-        return [line for key in expected
-                for line in _differences(f"{label}.{key}", actual[key], expected[key],
-                                         compare if key == "result" else Kind.EXACT)]
-    if isinstance(expected, torch.Tensor):
-        try:
-            assert_close(actual, expected, kind=compare, what=label)
-        except AssertionError as exc:
-            return [str(exc)]
-        return []
-    return [] if actual == expected else [f"{label}: got {actual!r}, expected {expected!r}"]
-
-
 def _judge(verdict: dict, label: str, got, expect, compare: Kind) -> None:
     kind = label.split()[2]
     if got is None:
@@ -219,7 +202,7 @@ def _judge(verdict: dict, label: str, got, expect, compare: Kind) -> None:
     elif RAISED in got:
         verdict["raised"].append(f"{label}: {got[RAISED]}")
     else:
-        verdict["problems"] += _differences(label, got, expect(), compare)
+        verdict["problems"] += differences(label, got, expect(), compare)
         verdict["checks"] += 1
 
 
