@@ -150,11 +150,17 @@ def test_patterns_match_node_ids_and_unmatched_entries_are_reported(session):
         "expectations: no suites/expectations/vllm-9.9.0.toml for the installed vllm 9.9.0: its tests run "
         "without expectations (a divergence fails)",
         "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 4 "
-        "(test = 'suites/test_fake.py::test_removed_long_ago') matches no collected test: delete or fix it",
+        "(test = 'suites/test_fake.py::test_removed_long_ago') matches no test of this tier: a --full run "
+        "collects more; delete or fix it only if that one matches nothing either",
         "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 5 "
         "(test = 'suites/test_gone.py::test_x') names a test file that does not exist",
     ])
     assert sum("no suites/expectations/vllm-9.9.0.toml" in line for line in run.outlines) == 1
+    # The full tier collects every parametrisation: there an unmatched entry is stale.
+    full = _run(session, "suites/test_fake.py", "--full")
+    full.stdout.fnmatch_lines([
+        "expectations: suites/expectations/vllm_ascend-9.9.0.post1.toml entry 4 "
+        "(test = 'suites/test_fake.py::test_removed_long_ago') matches no collected test: delete or fix it"])
 
 
 def test_without_an_expectations_file_sut_tests_run_plainly_and_the_summary_says_so_once(session):
