@@ -107,8 +107,13 @@ def test_linking_a_directory_without_vllm_ascend_is_a_one_line_error(tmp_path):
 def test_stack_cli_usage_errors_are_one_line(capsys):
     from ascend_conformance.cli import main
 
-    assert main(["stack", "--vllm-ascend-source", "/x"]) == 2
-    assert capsys.readouterr().err == "error: --vllm-ascend-source needs --install\n"
+    assert main(["stack", "--vllm-ascend", "0.18.0"]) == 2
+    assert capsys.readouterr().err == "error: --vllm-ascend needs --install\n"
+    assert main(["stack", "--install", "--vllm", "0.18.0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --vllm needs --vllm-ascend (the default pair is vLLM ")
+    assert main(["stack", "--install", "--vllm-ascend", "latest"]) == 2
+    assert capsys.readouterr().err == ("error: 'latest' is neither a vllm-ascend version (0.18.0) nor a path nor "
+                                       "NAME=PATH\n")
 
 
 def test_the_stack_here_is_the_pinned_pair_and_imports():

@@ -160,9 +160,11 @@ def installed(sut: str) -> Release | None:
         return None
     recorded = marker().get(sut, {})
     if recorded.get("location") and os.path.realpath(recorded["location"]) == os.path.realpath(location):
-        version = recorded.get("version") or "unknown"
-        return Release(sut, recorded.get("name") or version, version, recorded.get("commit"),
-                       recorded.get("pairs_with"), location)
+        version, commit = recorded.get("version") or "unknown", recorded.get("commit")
+        if recorded.get("checkout"):  # linked, so it may have moved since: its own metadata, now
+            identity = source_identity(recorded["checkout"])
+            version, commit = identity["version"] or version, identity["commit"] or commit
+        return Release(sut, recorded.get("name") or version, version, commit, recorded.get("pairs_with"), location)
     try:
         version = importlib.metadata.version(sut)
     except importlib.metadata.PackageNotFoundError:

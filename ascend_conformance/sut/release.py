@@ -1,4 +1,5 @@
-"""The vLLM / vllm-ascend pair the project installs where a host has none, and why this pair.
+"""The vLLM / vllm-ascend pairs the project knows: the default pair ``make setup`` installs, and every
+release line the suite is run against (``stack --install --vllm-ascend ...``, ``matrix``).
 
 **The pairing.** vllm-ascend releases track one vLLM release each. The newest vllm-ascend on the package
 index is 0.23.0.post1 (published only as a source distribution); its Dockerfile builds it on vLLM
@@ -17,6 +18,8 @@ adding what was missing, one package at a time; vLLM's serving, tokenizer and ke
 (fastapi, xgrammar, flashinfer, triton, ...) are not in it because nothing the suite drives imports them.
 """
 from __future__ import annotations
+
+import dataclasses
 
 VLLM_VERSION = "0.23.0"
 VLLM_ASCEND_VERSION = "0.23.0.post1"
@@ -91,3 +94,34 @@ PURE_PYTHON_REQUIREMENTS = (
     "uvloop==0.23.0",
     "yarl==1.25.1",
 )
+
+
+# -- every release line --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class KnownRelease:
+    """A vllm-ascend release on the package index: the vLLM it pairs with and the artifact the suite
+    takes its Python source from (checked against the sha256 recorded here when it was first installed)."""
+
+    name: str
+    vllm: str  # the VLLM_TAG of the release's Dockerfile (a wheel carries no Dockerfile: recorded here)
+    artifact: str  # file name on the index: its sdist (a wheel's Python files would do as well)
+    sha256: str
+
+
+# The fallback of the pairing: the release's own Dockerfile (``ARG VLLM_TAG=...``), which its sdist ships,
+# is read first. Every release here publishes an sdist (and wheels, whose compiled ops the suite never uses).
+KNOWN_RELEASES = {release.name: release for release in (
+    KnownRelease("0.11.0", "0.11.0", "vllm_ascend-0.11.0.tar.gz",
+                 "795a004fb28148cf273234671a03284b27fa18768b930dbc2e2d90f60f87bfd9"),
+    KnownRelease("0.13.0", "0.13.0", "vllm_ascend-0.13.0.tar.gz",
+                 "ab0e9bc12b9a4042c261901ccad96f4faab6e6d04cf5131f7cc2358aafda3a36"),
+    KnownRelease("0.18.0", "0.18.0", "vllm_ascend-0.18.0.tar.gz",
+                 "8df042cfaae06fab993bff5f38bb45097634c3f398b2cf74e068347abdddb344"),
+    KnownRelease("0.23.0", "0.23.0", "vllm_ascend-0.23.0.tar.gz",
+                 "a58db76eaffcf328b13b315a0db3a57d381a8947d01057ddcefe4ad02372b242"),
+    KnownRelease(VLLM_ASCEND_VERSION, VLLM_VERSION, VLLM_ASCEND_SDIST_NAME, VLLM_ASCEND_SDIST_SHA256),
+)}
+# Development lines, by the name a checkout is installed under: the vLLM its Dockerfile pinned when the
+# suite's expectations for it were established (the checkout's own Dockerfile wins when it has one).
+KNOWN_CHECKOUTS = {"main": "0.27.1"}

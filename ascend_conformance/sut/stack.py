@@ -33,7 +33,7 @@ from ascend_conformance.errors import ConfigError
 from ascend_conformance.sut import release
 
 SDIST_ENV = "ASCEND_CONFORMANCE_VLLM_ASCEND_SDIST"  # a local path or URL of the sdist (mirrors, offline hosts)
-MARKER = "ascend-conformance-stack.json"  # in sys.prefix: what the project installed there
+from ascend_conformance.sut.installed import MARKER  # noqa: E402 - in sys.prefix: what the project installed there
 PTH = "ascend_conformance_vllm_ascend.pth"  # in site-packages: the vllm-ascend source directory
 
 
@@ -189,13 +189,9 @@ def _link_source(source_dir: str) -> str:
     return pth
 
 
-def install(*, vllm_ascend_source: str | None = None, cache_dir: str | None = None,
-            device_type: str = "A3", log=print) -> dict[str, Package]:
-    """Install whatever of the pinned pair is missing here; leave host installs alone.
-
-    ``vllm_ascend_source``: a vllm-ascend source checkout to use instead of the pinned sdist (a platform
-    engineer's own tree); it is linked, not copied.
-    """
+def install(*, cache_dir: str | None = None, device_type: str = "A3", log=print) -> dict[str, Package]:
+    """Install whatever of the default pair is missing here; leave host installs alone. (Any other pair gets
+    an environment of its own: :func:`ascend_conformance.sut.pair_env.install_pair`.)"""
     torch_version = _torch_version()
     before = inspect()
     marker = _marker()
@@ -204,14 +200,12 @@ def install(*, vllm_ascend_source: str | None = None, cache_dir: str | None = No
         marker["vllm"] = {"version": release.VLLM_VERSION, "location": inspect()["vllm"].location}
     else:
         log(f"stack: using {before['vllm'].describe()}")
-    if vllm_ascend_source is not None:
-        _link_source(vllm_ascend_source)
-        marker["vllm_ascend"] = {"version": "source", "location": os.path.abspath(vllm_ascend_source)}
-    elif before["vllm_ascend"].version is None:
+    if before["vllm_ascend"].version is None:
         sdist = _fetch_sdist(cache_dir or os.path.expanduser("~/.cache/ascend-conformance"), log)
         source = _unpack_source(sdist, device_type, log)
         _link_source(source)
-        marker["vllm_ascend"] = {"version": release.VLLM_ASCEND_VERSION, "location": source}
+        marker["vllm_ascend"] = {"version": release.VLLM_ASCEND_VERSION, "location": source,
+                                 "pairs_with": release.VLLM_VERSION}
     else:
         log(f"stack: using {before['vllm_ascend'].describe()}")
     importlib.invalidate_caches()

@@ -316,7 +316,11 @@ def npu_module() -> types.ModuleType:
     npu.device_count = lambda: 0
     npu.get_soc_version = _soc_version
     npu.__standin__ = True
+    streams = types.ModuleType("torch_npu.npu.streams")  # vllm-ascend 0.13 imports Stream / Event from here
+    streams.Stream, streams.Event = _Stream, _Event
+    npu.streams = streams
     sys.modules["torch_npu.npu"] = npu
+    sys.modules["torch_npu.npu.streams"] = streams
     _tensors_stay_on_the_host()
     return npu
 
@@ -329,8 +333,31 @@ def _tensors_stay_on_the_host() -> None:
         torch.Tensor.npu = lambda self, *args, **kwargs: self
 
 
+class NpuOnlyDtype:
+    """A dtype of torch_npu's own that torch lacks (``hifloat8``): it compares equal to no torch dtype, so
+    vllm-ascend's membership tables (``QUANT_DTYPES``) import and answer False; handing it to torch raises
+    TypeError naming it, as no golden model computes in it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"torch_npu.{self.name} (stand-in: no torch dtype)"
+
+
+NPU_ONLY_DTYPES = {"hifloat8": NpuOnlyDtype("hifloat8")}
+
+
 def golden_op(name: str):
-    """torch_npu attribute ``name`` of the stand-in: a golden model, or AttributeError naming it."""
+    """torch_npu attribute ``name`` of the stand-in: a golden model, a dtype torch_npu exports under torch's
+    own name (``float4_e2m1fn_x2``, ``float8_e8m0fnu``: vllm-ascend main builds tables of them at import), or
+    AttributeError naming it."""
+    import torch
+
+    if isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    if name in NPU_ONLY_DTYPES:
+        return NPU_ONLY_DTYPES[name]
     if name.startswith("npu_"):
         from ascend_conformance import golden
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.sut import VLLM_ASCEND
+from ascend_conformance.sut import VLLM_ASCEND, bringup
 
 RELEASE = "0.23.0.post1"  # the release this adapter was written against
 SUT = VLLM_ASCEND
@@ -72,23 +72,21 @@ _policy_classes: dict[int, type] = {}
 
 def label() -> str:
     """``vllm_ascend 0.23.0.post1``: the installed release, as results name it."""
-    from ascend_conformance.sut import vllm_groups
-
-    return f"{SUT} {vllm_groups.installed_version('vllm_ascend')}"
+    return bringup.label(SUT)
 
 
 @contextlib.contextmanager
 def _release_imports() -> Iterator[None]:
     """What importing the policies needs: the torch_npu stand-in where CANN is absent (swift_balancer
     imports torch_npu), vLLM's platform, and numba's cache outside the release's source tree."""
-    from ascend_conformance.sut import standin, vllm_groups
+    from ascend_conformance.sut import standin
 
     import torch.distributed as dist
 
     os.environ.setdefault("NUMBA_CACHE_DIR", NUMBA_CACHE)  # read once, when numba is first imported
     standin.activate()
-    overrides = vllm_groups.launch_variables() if dist.is_initialized() else {"VLLM_TARGET_DEVICE": "cpu"}
-    with vllm_groups.launcher_environment(overrides):
+    overrides = bringup.launch_variables() if dist.is_initialized() else {"VLLM_TARGET_DEVICE": "cpu"}
+    with bringup.launcher_environment(overrides):
         yield
 
 

@@ -39,8 +39,7 @@ import sys
 from collections.abc import Iterator, Mapping
 
 from ascend_conformance.errors import SutRefused
-from ascend_conformance.sut import VLLM_ASCEND
-from ascend_conformance.sut import vllm_groups
+from ascend_conformance.sut import VLLM_ASCEND, bringup, vllm_groups
 from ascend_conformance.topology import ParallelConfig
 
 RELEASE = "0.23.0.post1"
@@ -62,7 +61,7 @@ ENVIRONMENT = {"DYNAMIC_EPLB": "true"}
 
 def label() -> str:
     """``vllm_ascend 0.23.0.post1``: the installed release, as results name it."""
-    return f"{SUT} {vllm_groups.installed_version('vllm_ascend')}"
+    return bringup.label(SUT)
 
 
 def additional_config(config: ParallelConfig) -> dict:
@@ -138,12 +137,12 @@ def live_groups(config: ParallelConfig, *, report_leftovers: list | None = None)
     if reason:
         raise SutRefused(f"{label()}: cannot build {config.describe()}: {reason}")
     standin.activate()  # vllm_ascend.utils imports torch_npu; without CANN the stand-in answers
-    with vllm_groups.launcher_environment({**vllm_groups.launch_variables(), **ENVIRONMENT}):
+    with bringup.launcher_environment({**bringup.launch_variables(), **ENVIRONMENT}):
         from vllm_ascend.ascend_config import clear_ascend_config
 
         try:
-            vllm_config = vllm_groups.configure_everywhere(label(), config, lambda: _configure(config))
-            with vllm_groups.model_parallel_groups(config, vllm_config):
+            vllm_config = bringup.configure_everywhere(label(), config, lambda: _configure(config))
+            with bringup.model_parallel_groups(config, vllm_config):
                 from vllm_ascend.distributed import parallel_state
 
                 try:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 import torch
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.sut import VLLM_ASCEND
+from ascend_conformance.sut import VLLM_ASCEND, bringup
 
 RELEASE = "0.23.0.post1"  # the release this adapter was written against
 SUT = VLLM_ASCEND
@@ -52,9 +52,7 @@ class WindowAssert(RuntimeError):
 
 def label() -> str:
     """``vllm_ascend 0.23.0.post1``: the installed release, as results name it."""
-    from ascend_conformance.sut import vllm_groups
-
-    return f"{SUT} {vllm_groups.installed_version('vllm_ascend')}"
+    return bringup.label(SUT)
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ import torch
 
 from ascend_conformance.errors import ConfigError, Divergence, one_line
 from ascend_conformance.moe.scenario import Scenario
-from ascend_conformance.sut import VLLM_ASCEND
+from ascend_conformance.sut import VLLM_ASCEND, bringup
 
 RELEASE = "0.23.0.post1"  # the release this adapter was written against
 # reference method name -> vllm-ascend 0.23's MoECommType member and class
@@ -185,24 +185,6 @@ def prepare_process(device_type: str) -> str:
     return ops
 
 
-@contextlib.contextmanager
-def _launcher_environment(rank: int, world_size: int):
-    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* as vLLM's external_launcher reads them, for the call."""
-    values = {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-              "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-              "MASTER_PORT": os.environ.get("MASTER_PORT", "29500")}
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _model_dir(experts: int, top_k: int, hidden: int, intermediate: int) -> str:
     """A one-layer MoE model config (no weights) for vLLM's ModelConfig; cached per shape."""
     path = os.path.join(tempfile.gettempdir(), f"ascend-conformance-moe-model-{os.getuid()}",
@@ -258,7 +240,7 @@ def _vllm_ascend_world(scenario: Scenario, additional_config: dict):
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if world_size != scenario.world_size:
         raise ConfigError(f"scenario needs {scenario.world_size} ranks, the world has {world_size}")
-    with _launcher_environment(rank, world_size):
+    with bringup.launcher_environment(bringup.launch_variables()):
         vllm_config = _vllm_config(scenario, additional_config)
         try:
             with set_current_vllm_config(vllm_config):
@@ -281,30 +263,7 @@ def _vllm_ascend_world(scenario: Scenario, additional_config: dict):
                 ascend_forward_context.set_mc2_mask(vllm_config, torch.device("cpu"))
                 yield _World(vllm_config, rank, scenario.tp, scenario.dp)
         finally:
-            _destroy()
-
-
-def _destroy() -> None:
-    """Undo the parallel state (vllm-ascend's, then vLLM's), keeping the default group the harness owns.
-
-    vllm-ascend keeps the comm methods a layer set up in a process-wide registry (``_MoECommMethods``),
-    each holding its ``FusedMoEConfig`` and through it the DP / EP / MC2 coordinators: its own destroy
-    leaves them there, so every world of a warm rank kept the gloo groups (and their threads) of the
-    previous one alive. A worker process ends with its model; a warm rank empties the registry instead.
-    """
-    comm_methods = sys.modules.get("vllm_ascend.ops.fused_moe.moe_comm_method")
-    if comm_methods is not None:
-        comm_methods._MoECommMethods.clear()
-    ascend = sys.modules.get("vllm_ascend.distributed.parallel_state")
-    if ascend is not None:
-        ascend.destroy_ascend_model_parallel()
-    vllm_state = sys.modules.get("vllm.distributed.parallel_state")
-    if vllm_state is not None:
-        vllm_state.destroy_model_parallel()
-        world = getattr(vllm_state, "_WORLD", None)
-        if world is not None:
-            world.destroy()
-            vllm_state._WORLD = None
+            bringup.destroy_parallel_state()
 
 
 # -- the layer: moe_config, expert map, weights, comm methods ---------------------------------------

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.sut import VLLM
+from ascend_conformance.sut import VLLM, bringup
 
 RELEASE = "0.23.0"  # the release this adapter was written against
 SUT = VLLM
@@ -43,20 +43,17 @@ CASE_KEYS = ("policy", "weight", "num_replicas", "num_groups", "num_nodes", "num
 
 def label() -> str:
     """``vllm 0.23.0``: the installed release, as results name it."""
-    from ascend_conformance.sut import vllm_groups
-
-    return f"{SUT} {vllm_groups.installed_version()}"
+    return bringup.label(SUT)
 
 
 def _environment():
     # vLLM decides its platform from VLLM_TARGET_DEVICE at import; the launcher variables are what a
     # worker would have (restored afterwards).
-    from ascend_conformance.sut import vllm_groups
 
     import torch.distributed as dist
 
-    overrides = vllm_groups.launch_variables() if dist.is_initialized() else {"VLLM_TARGET_DEVICE": "cpu"}
-    return vllm_groups.launcher_environment(overrides)
+    overrides = bringup.launch_variables() if dist.is_initialized() else {"VLLM_TARGET_DEVICE": "cpu"}
+    return bringup.launcher_environment(overrides)
 
 
 def policies() -> dict:
