@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ascend_conformance.sut import stack
+from ascend_conformance.sut import lines, stack
 
 
 def sut_world(world, sut: str, n: int, timeout: float | None = None, variant: str = ""):
@@ -22,3 +22,14 @@ def need_stack(sut: str) -> None:
     reason = stack.unavailable_reason(sut)
     if reason:
         pytest.skip(reason)
+
+
+def need_feature(adapter: str, sut: str, feature: str) -> None:
+    """Skip the calling test when ``sut`` is missing, or as ``not in <release>: ...`` when the installed
+    release lacks ``feature`` (what ``adapter``'s shim for its line declares; ascend_conformance/sut/lines.py).
+    A shim that does not fit the release raises ShimMismatch: the test fails, a bug of the suite's own."""
+    need_stack(sut)
+    try:
+        lines.check_feature(adapter, sut, feature)
+    except lines.NotInRelease as exc:
+        pytest.skip(str(exc))

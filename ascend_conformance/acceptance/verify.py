@@ -359,7 +359,7 @@ def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile
     expectations = _expectations(bundle, report)
     matches = _pattern_matcher()
     records = {t["nodeid"]: t for t in merged.get("tests") or []}
-    counts = {"passed": 0, "xfailed": 0, "skipped": 0}
+    counts = {"passed": 0, "xfailed": 0, "skipped": 0, "not_in_release": 0}
     allowed_reasons: dict[str, int] = {}
     for nodeid in listed.tests:
         record = records.get(nodeid)
@@ -385,6 +385,10 @@ def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile
                                           f"with this finding (expectations/{name}-{release}.toml)")
             else:
                 counts["xfailed"] += 1
+        elif outcome == "not_in_release":
+            # A feature the installed release lacks: what a profile's mustpass list may expect of a release line
+            # is that it was judged where it exists; where it does not, it is counted apart.
+            counts["not_in_release"] += 1
         elif outcome == "skipped":
             rule = profile.allowed_skip(reason)
             if rule is None:
@@ -401,6 +405,7 @@ def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile
     judged = sum(counts.values())
     line = (f"mustpass {listed.version}/{listed.profile}: {len(listed.tests)} tests; {counts['passed']} passed, "
             f"{counts['xfailed']} xfailed (known divergences), {counts['skipped']} skipped (allowed), "
+            f"{counts['not_in_release']} not in the release, "
             f"{len(listed.tests) - judged} not acceptable")
     report.summary.append(line)
     for why, count in allowed_reasons.items():

@@ -219,7 +219,7 @@ def _matrix(tests: list[Mapping]) -> dict:
     for test in tests:
         area = matrix.setdefault(test.get("area") or "other", {"features": {}, "skips": collections.Counter()})
         area["features"].setdefault((test.get("feature") or "", results_mod.sut_of(test)), []).append(test)
-        if test.get("outcome") == "skipped":
+        if test.get("outcome") in ("skipped", "not_in_release"):
             area["skips"][test.get("reason") or "(no reason given)"] += 1
     order = list(results_mod.AREAS)
     out = {}
@@ -441,11 +441,11 @@ nav a { margin-right: 14px; color: #fff; }
 </table>
 <h3>Verdict per area (every system under test)</h3>
 <table>
-<tr><th>area</th><th>verdict</th><th>passed</th><th>failed</th><th>error</th><th>skipped</th><th>xfailed</th><th>xpassed</th><th>no record</th><th>total</th></tr>
+<tr><th>area</th><th>verdict</th><th>passed</th><th>failed</th><th>error</th><th>skipped</th><th>not in release</th><th>xfailed</th><th>xpassed</th><th>no record</th><th>total</th></tr>
 {% for area, counts in summary.items() %}
 <tr><td>{{ area }}</td><td><span class="badge {{ counts.verdict|replace(' ', '-') }}">{{ counts.verdict }}</span></td>
 <td class="num">{{ counts.passed }}</td><td class="num">{{ counts.failed }}</td><td class="num">{{ counts.error }}</td>
-<td class="num">{{ counts.skipped }}</td><td class="num">{{ counts.xfailed }}</td><td class="num">{{ counts.xpassed }}</td><td class="num">{{ counts.missing|default(0) }}</td><td class="num">{{ counts.total }}</td></tr>
+<td class="num">{{ counts.skipped }}</td><td class="num">{{ counts.not_in_release }}</td><td class="num">{{ counts.xfailed }}</td><td class="num">{{ counts.xpassed }}</td><td class="num">{{ counts.missing|default(0) }}</td><td class="num">{{ counts.total }}</td></tr>
 {% endfor %}
 </table>
 {% elif not completeness.complete %}

@@ -20,7 +20,8 @@ A record (``SCHEMA`` 1) holds: ``nodeid``, ``area`` / ``feature`` / ``story`` (t
 suite's area, the op or method under test, the configuration), ``sut`` (the system under test's label:
 ``reference``, ``vllm 0.23.0``, ``vllm_ascend 0.23.0.post1``) and ``ops`` (``golden`` or ``torch_npu``:
 what ran the torch_npu leaf ops; ``device_type`` too when the test said which one a stand-in emulated),
-``outcome`` (one of ``OUTCOMES``), ``reason`` (skip reason, the first line of the failure, or the xfail
+``outcome`` (one of ``OUTCOMES``; ``not_in_release`` is a skip naming a feature the installed release of the
+system under test lacks), ``reason`` (skip reason, the first line of the failure, or the xfail
 reason: a known divergence's finding and reference), ``observed`` (an xfailed test's own failure line),
 ``longrepr``, ``duration``, ``start`` / ``stop`` (epoch seconds), ``worker``, ``session``, ``markers``,
 ``params``, ``figures`` (``name``, ``value``, ``unit``), ``attachments`` (``name``, ``kind``, ``text``),
@@ -42,7 +43,20 @@ import time
 from collections.abc import Iterable, Mapping
 
 SCHEMA = 1
-OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+OUTCOMES = ("passed", "failed", "error", "skipped", "not_in_release", "xfailed", "xpassed")
+# A skip whose reason starts so is a feature the installed release of a system under test does not have
+# ("not in vllm_ascend main@182b75ea84: layer_sharding (...)", raised by ascend_conformance.sut.lines): an
+# outcome of its own, counted apart from skips of the host (no NPU, no compiler).
+NOT_IN_RELEASE_PREFIX = "not in "
+
+
+def skip_outcome(reason: str) -> str:
+    """``not_in_release`` for a skip reason naming a feature a release lacks, else ``skipped``.
+
+    >>> skip_outcome("not in vllm_ascend main@182b75ea84: layer_sharding"), skip_outcome("no NPU here")
+    ('not_in_release', 'skipped')
+    """
+    return "not_in_release" if reason.startswith(NOT_IN_RELEASE_PREFIX) else "skipped"
 FAILING = frozenset({"failed", "error"})
 REFERENCE = "reference"  # the sut of a record that names none (written before the field existed)
 
@@ -280,7 +294,7 @@ def merge(records: Iterable[Mapping]) -> list[dict]:
 
 
 def _rank(record: Mapping) -> tuple[int, float]:
-    return (0 if record.get("outcome") == "skipped" else 1, float(record.get("stop") or 0.0))
+    return (0 if record.get("outcome") in ("skipped", "not_in_release") else 1, float(record.get("stop") or 0.0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -367,7 +381,7 @@ def verdict_of(counts: Mapping[str, int]) -> str:
         return "incomplete"
     if counts.get("passed", 0) or counts.get("xfailed", 0) or counts.get("xpassed", 0):
         return "pass"
-    return "skipped" if counts.get("skipped", 0) else "no tests"
+    return "skipped" if counts.get("skipped", 0) or counts.get("not_in_release", 0) else "no tests"
 
 
 def combine(verdicts: Iterable[str], complete: bool = True) -> str:
