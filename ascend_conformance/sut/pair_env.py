@@ -5,7 +5,8 @@ beside the checkout's ``.venv``, and is reused when present::
 
     .venv-sut/0.18.0-0.18.0/          a venv (system site packages on, as .venv has them)
         lib/python3.11/site-packages/
-            ascend_conformance_base.pth      this checkout, then .venv's site-packages: torch, pytest, ...
+            ascend_conformance_base.pth      .venv's site-packages: torch, pytest, ... (after the pair's own)
+            __editable__...                  this checkout, installed editable (its pytest plugin)
             ascend_conformance_vllm_ascend.pth   the release's source directory
             vllm/, transformers/, ...        vLLM's wheel and its pins (--no-deps), shadowing .venv's
         src/vllm_ascend-0.18.0/           the release's Python source (or a link to a checkout's package)
@@ -92,12 +93,22 @@ def _create(directory: str, log) -> None:
     subprocess.run([base, "-m", "venv", "--system-site-packages", directory], check=True,
                    stdout=subprocess.DEVNULL)
     site = _site_packages(os.path.join(directory, "bin", "python"))
-    # The checkout first (its ascend_conformance), then the environment that created the pair (torch,
-    # pytest and the suite's own dependencies). Path lines only: the .pth files of .venv (its vllm-ascend
-    # link, its editable install) are not processed, so its pair never leaks in.
-    lines = [CHECKOUT_ROOT, sysconfig.get_paths()["purelib"]]
+    # The environment that created the pair (torch, pytest and the suite's own dependencies), after the
+    # pair's own packages. A path line only: the .pth files of .venv (its vllm-ascend link) are not
+    # processed, so its pair never leaks in.
     with open(os.path.join(site, BASE_PTH), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+
+
+def _install_checkout(python: str, log) -> None:
+    """This checkout, editable, into the pair (its pytest plugin is found through its entry point)."""
+    log(f"stack: pip install --no-deps -e {CHECKOUT_ROOT}")
+    done = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                           "--disable-pip-version-check", "-e", CHECKOUT_ROOT],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode:
+        lines = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("WARNING")]
+        raise ConfigError(f"pip install -e {CHECKOUT_ROOT} failed: {lines[-1] if lines else done.returncode}")
 
 
 def install_pair(spec_text: str, vllm: str | None = None, *, envs_dir: str | None = None, device_type: str = "A3",
@@ -126,7 +137,7 @@ def install_pair(spec_text: str, vllm: str | None = None, *, envs_dir: str | Non
     else:
         log(f"stack: vllm-ascend {name} with vLLM {vllm} (asked for)")
     pair = PairEnv(name, vllm, pair_directory(name, vllm, envs_dir))
-    if pair.exists() and spec.checkout is None:
+    if pair.exists() and spec.checkout is None and marker_checkout(pair) == CHECKOUT_ROOT:
         log(f"stack: reusing {pair.directory}")
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -134,6 +145,8 @@ def install_pair(spec_text: str, vllm: str | None = None, *, envs_dir: str | Non
     try:
         if not os.path.exists(pair.python):
             _create(pair.directory, log)
+        if marker_checkout(pair) != CHECKOUT_ROOT:
+            _install_checkout(pair.python, log)
         marker = pair.marker()
         marker.pop("complete", None)
         _write_marker(pair, marker)
@@ -162,12 +175,17 @@ def install_pair(spec_text: str, vllm: str | None = None, *, envs_dir: str | Non
         site = _site_packages(pair.python)
         with open(os.path.join(site, SOURCE_PTH), "w") as f:
             f.write(source_dir + "\n")
+        marker["suite_checkout"] = CHECKOUT_ROOT
         marker["complete"] = True
         _write_marker(pair, marker)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     return pair
+
+
+def marker_checkout(pair: PairEnv) -> str | None:
+    return pair.marker().get("suite_checkout")
 
 
 def _vllm_wheel(version: str, log) -> str:
