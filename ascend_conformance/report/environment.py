@@ -69,9 +69,18 @@ def _systems_under_test() -> dict[str, str]:
         reason = f"unknown ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         return {name: _package_version(name) for name in ("vllm", "vllm_ascend")} | {
             f"{name}_origin": reason for name in ("vllm", "vllm_ascend")}
+    from ascend_conformance.sut import installed
+
     env = {}
     for name, package in packages.items():
-        env[name] = package.version or "not installed"
+        release = installed.installed(name)
+        # as result labels name it: "0.18.0", or a checkout's "main@182b75ea84" (its version and commit beside)
+        env[name] = release.label.split(" ", 1)[1] if release is not None else "not installed"
+        if release is not None and release.is_checkout:
+            env[f"{name}_version"] = release.version
+            env[f"{name}_commit"] = release.commit or "unknown"
+        if release is not None and release.pairs_with:
+            env[f"{name}_pairs_with"] = f"vllm {release.pairs_with}"
         env[f"{name}_origin"] = f"{package.origin}: {package.location}" if package.version else package.origin
     return env
 

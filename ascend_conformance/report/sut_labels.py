@@ -48,9 +48,11 @@ def _version(name: str) -> str:
             return metadata.version("ascend-conformance")
         except metadata.PackageNotFoundError:
             return "unknown"
-    from ascend_conformance.sut import stack
+    from ascend_conformance.sut import installed
 
-    return stack.inspect()[name].version or "not installed"
+    release = installed.installed(name)
+    # what follows the name in its label: "0.18.0", or a checkout's "main@182b75ea84"
+    return release.label.split(" ", 1)[1] if release is not None else "not installed"
 
 
 @functools.lru_cache(maxsize=None)
