@@ -65,16 +65,20 @@ def run(args) -> int:
     releases = {name: installed.installed(name) for name in ("vllm", "vllm_ascend")}
     packages = stack.inspect()
     error = stack.import_check() if args.check else None
+    absent = stack.absent_modules() if args.check else []
     if args.json:
         print(json.dumps({"default_pair": {"vllm": release.VLLM_VERSION, "vllm_ascend": release.VLLM_ASCEND_VERSION},
                           "python": __import__("sys").executable,
                           "packages": {name: {**(releases[name].to_dict() if releases[name] else {"label": None}),
                                               "origin": p.origin} for name, p in packages.items()},
-                          **({"import_check": error or "ok"} if args.check else {})}, indent=1))
+                          **({"import_check": error or "ok", "absent_modules": absent} if args.check else {})},
+                         indent=1))
     else:
         for name, package in packages.items():
             found = releases[name]
             print(f"{found.label} ({package.origin}, {package.location})" if found else f"{name}: missing")
         if args.check:
+            for name in absent:
+                print(f"not in {installed.label(name.split('.')[0])}: {name} (its tests report not-in-release)")
             print(f"import check: {error or 'ok'}")
     return 1 if error else 0
