@@ -90,7 +90,9 @@ def _pip(python: str, args: list[str], log) -> None:
 def _create(directory: str, log) -> None:
     base = getattr(sys, "_base_executable", sys.executable)
     log(f"stack: creating {directory} (system site packages, and {sys.prefix}'s through {BASE_PTH})")
-    subprocess.run([base, "-m", "venv", "--system-site-packages", directory], check=True,
+    # No pip / setuptools of its own (the interpreter's bundled ones are old: setuptools 65 cannot build an
+    # editable install): the pair runs .venv's, found through the path line below, and installs into itself.
+    subprocess.run([base, "-m", "venv", "--system-site-packages", "--without-pip", directory], check=True,
                    stdout=subprocess.DEVNULL)
     site = _site_packages(os.path.join(directory, "bin", "python"))
     # The environment that created the pair (torch, pytest and the suite's own dependencies), after the
