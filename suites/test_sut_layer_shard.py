@@ -296,8 +296,8 @@ def test_series_prefetch_distance(world, shared_runs, report, world_size, count,
         effect = f"so a broadcast overlaps {ahead} layers of compute where {k} were configured"
     consumed = (f"; from the second pass on, each forward's broadcast started {distances} steps before it"
                 if distances else "")
-    raise Divergence(f"{headline}: prefetch distance: reach_layer(i) starts the broadcast of the layer {ahead} "
-                     f"ahead inside the series instead of {k}{rule}, {effect}{consumed}")
+    raise Divergence(f"{headline}: prefetch distance: reach_layer(i) starts broadcasting the layer {ahead} ahead "
+                     f"of i inside the series (wrapping) instead of {k} ahead{rule}, {effect}{consumed}")
 
 
 def judge_stage(per_rank_by_kind: list, kind: str, group_kind: str, what: str = "") -> None:
