@@ -274,9 +274,9 @@ BREAKAGES: dict[str, tuple[str, Callable]] = {
         "as a global rank (src=i % n instead of group.ranks[i % n]): the same on a group over ranks 0..n-1, "
         "another rank on any other group (every PP stage's group but the first's)", _source_as_group_rank),
     "owner-is-global-rank": (
-        "a rank owns layer i when i % n equals its global rank instead of its rank in the group "
-        "(is_source reads group.rank for group.rank_in_group): the same on a group over ranks 0..n-1; "
-        "on another group the owners the loader and the broadcasts agree on are not the sources", _owner_by_global_rank),
+        "a rank owns layer i when i % n equals its global rank instead of its rank in the group (is_source "
+        "reads group.rank for group.rank_in_group): the same on a group over ranks 0..n-1; on another group a "
+        "layer's broadcast source (group.ranks[i % n]) is not a rank that kept its weight", _owner_by_global_rank),
 }
 
 
