@@ -23,11 +23,9 @@ fetches its own weight just before it runs (no overlap); with ``k >= 1`` the fet
 overlaps the compute of layers ``i .. i + k - 1``. The first ``k`` windows are filled during set-up, so
 the ring wraps from one pass to the next without a gap.
 
-vllm-ascend computes the prefetch index as ``(i + k) mod count + start``
-(:func:`defective_prefetch_index`): the same as the correct formula only when ``start mod count == 0``
-(the first PP stage, and every stage of an evenly split model). Otherwise it fetches ``(k + start) mod
-count`` layers ahead: more than k trips the window check, fewer runs exact and silently loses overlap
-(docs/shared_weight.md). ``index_formula=`` lets the suite run a series with that formula.
+``index_formula=`` runs a series with another index rule (the suite's mutants: a rule that ignores
+``start`` must trip the window checks or show in the measured distance). What a release's own series
+schedules is measured on the release (``suites/test_sut_layer_shard.py``), never modelled here.
 
 Every rank tracks which layer each window holds; a forward whose window holds another layer raises
 :class:`PrefetchError` on every rank at the same layer (the bookkeeping is identical everywhere), so a
@@ -56,7 +54,6 @@ from ascend_conformance.errors import ConfigError, one_line
 
 __all__ = [
     "prefetch_index",
-    "defective_prefetch_index",
     "PrefetchError",
     "SharedWeightSeries",
     "register_layer",
@@ -80,15 +77,6 @@ def prefetch_index(layer: int, start: int, count: int, prefetch_step: int) -> in
     [5, 6, 7, 4]
     """
     return start + (layer - start + prefetch_step) % count
-
-
-def defective_prefetch_index(layer: int, start: int, count: int, prefetch_step: int) -> int:
-    """vllm-ascend's formula ``(layer + k) mod count + start``: right only when ``start mod count == 0``.
-
-    >>> [defective_prefetch_index(i, 2, 4, 1) for i in range(2, 6)]   # should be [3, 4, 5, 2]
-    [5, 2, 3, 4]
-    """
-    return (layer + prefetch_step) % count + start
 
 
 class PrefetchError(RuntimeError):

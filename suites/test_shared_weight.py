@@ -1,8 +1,7 @@
 """Shared-weight series (docs/shared_weight.md) on real multi-rank worlds.
 
 Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weight`:
-  1. the prefetch index: the correct formula against a hand-written table, and the vllm-ascend formula
-     agreeing with it exactly when ``start mod count == 0`` (why the defect hides on PP stage 0);
+  1. the prefetch index against a hand-written table;
   2. outputs bit-identical (Kind.EXACT) to the unsharded model over >= 3 passes, on 2 and 4 ranks, for
      several stack lengths, start layers > 0 and every prefetch_step in [0, count - 2], over each kind of
      group (ranks list, ProcessGroup, GroupCoordinator, sub-groups per PP stage), with biases and a
@@ -10,9 +9,12 @@ Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weig
      forward;
   3. weight storage per rank equals (owned layers)*W + (k+1)*W, counted from the storage bytes of every
      live tensor in the rank (gc, deduplicated by data_ptr), and stays there across passes;
-  4. a series starting at layer > 0 run with vllm-ascend's prefetch formula is caught when its prefetch
-     distance (k + start) mod count exceeds k; the correct one passes on the same stack; below k it runs
-     exact and only the measured distance shows the lost overlap (the silent case, e.g. [30, 61), k = 1);
+  4. the checks catch a wrong schedule: a series run with a *start-blind* index (a mutant, defined here:
+     ``(i + k) mod count + start``, which ignores where the series starts) is caught when its prefetch
+     distance (k + start) mod count exceeds k, and passes where it equals the correct index; below k it
+     runs exact and only the measured distance shows the lost overlap (the silent case, e.g. [30, 61), k = 1).
+     Whether a release schedules like this is judged on the release itself (suites/test_sut_layer_shard.py,
+     test_series_prefetch_distance), never from a copy of its formula;
   5. bad registrations are one-line ConfigErrors naming the values; misuse of the protocol is a
      PrefetchError.
 """
@@ -193,17 +195,6 @@ def test_prefetch_index_runs_k_layers_ahead_and_wraps_inside_the_series():
     assert [sw.prefetch_index(i, 1, 3, 1) for i in range(1, 4)] == [2, 3, 1]
 
 
-def test_vllm_ascend_formula_is_right_only_when_start_is_a_multiple_of_count():
-    for count in range(1, 9):
-        for start in range(0, 20):
-            for k in range(0, max(0, count - 2) + 1):
-                same = all(sw.prefetch_index(i, start, count, k) == sw.defective_prefetch_index(i, start, count, k)
-                           for i in range(start, start + count))
-                assert same == (start % count == 0 or count == 1), (count, start, k)
-    # The worked case of the docstring: series [2, 6), k = 1 prefetches 5 at layer 2 instead of 3.
-    assert sw.defective_prefetch_index(2, 2, 4, 1) == 5 and sw.prefetch_index(2, 2, 4, 1) == 3
-
-
 # ==================================================================================================
 # 2. bit-identical to the unsharded model
 # ==================================================================================================
@@ -372,10 +363,21 @@ def test_weight_storage_per_rank_matches_the_formula(world, world_size):
 
 
 # ==================================================================================================
-# 4. the vllm-ascend prefetch index on a series that starts after layer 0
+# 4. a wrong schedule is caught: the start-blind index
 # ==================================================================================================
 
-def _defective_vs_correct(count, start, k):
+def start_blind_index(layer: int, start: int, count: int, prefetch_step: int) -> int:
+    """A mutant of :func:`sw.prefetch_index` that ignores where the series starts: ``(i + k) mod count +
+    start``. It equals the correct index exactly when ``start mod count == 0`` and otherwise fetches
+    ``(k + start) mod count`` layers ahead, so it exercises both ways a schedule can be wrong: too far ahead
+    (the window checks) and too close (only the measured distance). It is the project's own mutant: what a
+    release schedules is measured on the release (suites/test_sut_layer_shard.py). Series [2, 6) with k = 1:
+    layers 2..5 fetch 5, 2, 3, 4 where the correct index fetches 3, 4, 5, 2.
+    """
+    return (layer + prefetch_step) % count + start
+
+
+def _mutant_vs_correct(count, start, k):
     ranks = list(range(dist.get_world_size()))
     cfg = dict(ranks=ranks, count=count, start=start, k=k, group="ranks", dtype=torch.float32, hidden=HIDDEN,
                seed=11)
@@ -384,11 +386,11 @@ def _defective_vs_correct(count, start, k):
     expected = [reference_pass(cfg, pass_input(cfg, p)) for p in range(3)]
     outcome["correct_matches"] = all(torch.equal(a, b) for got, want in zip(outs, expected) for a, b in zip(got, want))
     try:
-        outs = run_series(cfg, ranks, 3, ranks, index_formula=sw.defective_prefetch_index)
-        outcome["defective"] = "ran: outputs " + ("match" if all(
+        outs = run_series(cfg, ranks, 3, ranks, index_formula=start_blind_index)
+        outcome["mutant"] = "ran: outputs " + ("match" if all(
             torch.equal(a, b) for got, want in zip(outs, expected) for a, b in zip(got, want)) else "differ")
     except sw.PrefetchError as exc:
-        outcome["defective"] = str(exc)
+        outcome["mutant"] = str(exc)
     return outcome
 
 
@@ -397,36 +399,23 @@ def _defective_vs_correct(count, start, k):
     (2, 3, 4, 0),
     (4, 6, 3, 2),
 ])
-def test_series_starting_after_layer_0_catches_the_vllm_ascend_prefetch_index(world, world_size, count, start, k):
-    outcomes = world(world_size, timeout=60).run(_defective_vs_correct, count, start, k)
+def test_window_checks_catch_a_start_blind_index_on_a_series_after_layer_0(world, world_size, count, start, k):
+    outcomes = world(world_size, timeout=60).run(_mutant_vs_correct, count, start, k)
     for rank, outcome in enumerate(outcomes):
         assert outcome["correct_matches"], f"rank {rank}: correct formula does not reproduce the unsharded model"
-        # The defective schedule fetches the wrong layer on the first reach_layer; the forward of the
+        # The mutant schedule fetches the wrong layer on the first reach_layer; the forward of the
         # first layer not delivered is caught on every rank alike.
-        assert "window" in outcome["defective"] and "layer" in outcome["defective"], (rank, outcome)
-    assert len({o["defective"] for o in outcomes}) == 1, outcomes
+        assert "window" in outcome["mutant"] and "layer" in outcome["mutant"], (rank, outcome)
+    assert len({o["mutant"] for o in outcomes}) == 1, outcomes
 
 
-def test_defective_formula_passes_when_start_is_a_multiple_of_count(world):
-    # Stage 0 (start 0) and a stage starting at a multiple of count: the defect is invisible there,
-    # which is why it survives tests that only use the first PP stage.
+def test_start_blind_index_passes_when_start_is_a_multiple_of_count(world):
+    # Stage 0 (start 0) and a stage starting at a multiple of count: the mutant schedules exactly as the
+    # correct index there, and the checks must not flag it (a schedule checked only on the first PP stage
+    # would never show the difference).
     for count, start, k in [(4, 0, 1), (3, 6, 1)]:
-        outcomes = world(2, timeout=60).run(_defective_vs_correct, count, start, k)
-        assert all(o == {"correct_matches": True, "defective": "ran: outputs match"} for o in outcomes), outcomes
-
-
-def test_vllm_ascend_prefetch_distance_is_k_plus_start_mod_count():
-    # Layer i prefetches layer (i + k) mod count + start: (k + start) mod count layers ahead (inside the
-    # series, wrapping), the same for every layer. It is k exactly when start mod count == 0.
-    for count in range(1, 13):
-        for start in range(0, 3 * count + 2):
-            for k in range(0, max(0, count - 2) + 1):
-                ahead = {(sw.defective_prefetch_index(i, start, count, k) - i) % count
-                         for i in range(start, start + count)}
-                assert ahead == {(k + start) % count}, (count, start, k, ahead)
-                assert (ahead == {k}) == (start % count == 0), (count, start, k)
-    # The silent case of docs/shared_weight.md: 61 layers split 30 + 31, stage 1 = [30, 61), k = 1.
-    assert [sw.defective_prefetch_index(i, 30, 31, 1) for i in (30, 31, 60)] == [30, 31, 60]
+        outcomes = world(2, timeout=60).run(_mutant_vs_correct, count, start, k)
+        assert all(o == {"correct_matches": True, "mutant": "ran: outputs match"} for o in outcomes), outcomes
 
 
 def _prefetch_distances(count, start, k, formula_name, passes=3):
@@ -435,7 +424,7 @@ def _prefetch_distances(count, start, k, formula_name, passes=3):
     of its weight was started (= the layers whose compute that broadcast overlaps; 0 = none). From the
     second pass on every window was filled by a ``reach_layer`` (the ones filled during set-up are used
     up in the first pass), whose return value is the layer it started broadcasting."""
-    formula = {"correct": sw.prefetch_index, "vllm-ascend": sw.defective_prefetch_index}[formula_name]
+    formula = {"correct": sw.prefetch_index, "start-blind": start_blind_index}[formula_name]
     ranks = list(range(dist.get_world_size()))
     cfg = dict(ranks=ranks, count=count, start=start, k=k, dtype=torch.float32, hidden=HIDDEN, seed=13)
     layers = build_stack(cfg, lambda i: i % len(ranks) == group_rank_of(ranks))
@@ -462,21 +451,21 @@ def _prefetch_distances(count, start, k, formula_name, passes=3):
     return {"distances": sorted(distances), "exact": exact}
 
 
-def _correct_and_defective_distances(cases):
-    return [{formula: _prefetch_distances(count, start, k, formula) for formula in ("correct", "vllm-ascend")}
+def _correct_and_mutant_distances(cases):
+    return [{formula: _prefetch_distances(count, start, k, formula) for formula in ("correct", "start-blind")}
             for count, start, k in cases]
 
 
-def test_vllm_ascend_index_below_the_window_runs_exact_but_loses_overlap(world):
+def test_distance_measurement_shows_a_start_blind_index_below_the_window(world):
     # (k + start) mod count < k: every broadcast still lands before its forward, so the window checks pass
     # and the outputs are exact; only the overlap shrinks. [30, 61) with k = 1: distance 0, no overlap at
     # all. [3, 8) with k = 3: distance 1 instead of 3. The correct formula, measured the same way, keeps k.
     cases = [(31, 30, 1), (5, 3, 3)]
-    for rank, per_case in enumerate(world(2, timeout=120).run(_correct_and_defective_distances, cases)):
+    for rank, per_case in enumerate(world(2, timeout=120).run(_correct_and_mutant_distances, cases)):
         for (count, start, k), outcome in zip(cases, per_case):
             what = f"rank {rank}, series [{start}, {start + count}), k={k}"
             assert outcome["correct"] == {"distances": [k], "exact": True}, (what, outcome)
-            assert outcome["vllm-ascend"] == {"distances": [(k + start) % count], "exact": True}, (what, outcome)
+            assert outcome["start-blind"] == {"distances": [(k + start) % count], "exact": True}, (what, outcome)
             assert (k + start) % count < k, what  # the case is a silent one, not one the window checks catch
 
 
