@@ -105,8 +105,9 @@ def build_tiny_checkout(root: str, vllm_ascend_version: str) -> str:
         with open(os.path.join(root, "suites", name), "w") as handle:
             handle.write(text)
     with open(os.path.join(root, "suites", "expectations", f"vllm_ascend-{vllm_ascend_version}.toml"), "w") as handle:
-        handle.write(f'sut = "vllm_ascend"\nversion = "{vllm_ascend_version}"\n\n# moe\n[[divergence]]\n'
-                     f'test = "{SUT}::test_known_divergence"\nfinding = "combine drops the last row"\n'
+        handle.write(f'sut = "vllm_ascend"\nrelease = "{vllm_ascend_version}"\n\n# moe\n[[expectation]]\n'
+                     f'test = "{SUT}::test_known_divergence"\nmatch = "^vllm_ascend: combine drops the last row$"\n'
+                     f'finding = "combine drops the last row"\n'
                      f'reference = "vllm_ascend/ops/fused_moe (tiny test)"\n')
     return root
 
