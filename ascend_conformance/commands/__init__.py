@@ -6,4 +6,4 @@ commands stay fast.
 """
 
 # Order is the order of `ascend-conformance --help`.
-COMMAND_MODULES = ("info", "topology", "moe", "stack", "baseline_compare", "report", "acceptance")
+COMMAND_MODULES = ("info", "topology", "moe", "stack", "baseline_compare", "report", "expectations", "acceptance")
