@@ -27,7 +27,16 @@ def _file_name(key: str) -> str:
 
 
 class BatchRunFailed(RuntimeError):
-    """The shared world run of a batch crashed (in another test, perhaps in another worker)."""
+    """The shared world run of a batch crashed (in another test, perhaps in another worker).
+
+    Carries the original exception's type name and message, which a crash expectation
+    (``fixtures/expectations.py``) matches, so a known crash is recognised alike in every test of the batch.
+    """
+
+    def __init__(self, key: str, original_type: str, original_message: str):
+        super().__init__(f"the world run of batch {key} crashed: {original_type}: {original_message}")
+        self.original_type = original_type
+        self.original_message = original_message
 
 
 class SharedRuns:
@@ -51,12 +60,12 @@ class SharedRuns:
                     torch.save(("skip", skip.msg), path)
                     raise
                 except Exception as exc:
-                    torch.save(("crash", f"{type(exc).__name__}: {exc}"), path)
+                    torch.save(("crash", (type(exc).__name__, str(exc))), path)
                     raise
                 torch.save(("ok", value), path)
                 return value
         if outcome == "skip":
             pytest.skip(value)
         if outcome == "crash":
-            raise BatchRunFailed(f"the world run of batch {key} crashed: {value}")
+            raise BatchRunFailed(key, *value)
         return value

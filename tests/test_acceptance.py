@@ -27,6 +27,7 @@ from ascend_conformance.acceptance import checkout as checkout_mod
 from ascend_conformance.acceptance import manifest, mustpass, verify
 from ascend_conformance.cli import main
 from ascend_conformance.sut import stack
+from tests.events import HANG_GUARD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BREAK = "ACCEPTANCE_TINY_BREAK"
@@ -105,13 +106,14 @@ def build_tiny_checkout(root: str, vllm_ascend_version: str) -> str:
         with open(os.path.join(root, "suites", name), "w") as handle:
             handle.write(text)
     with open(os.path.join(root, "suites", "expectations", f"vllm_ascend-{vllm_ascend_version}.toml"), "w") as handle:
-        handle.write(f'sut = "vllm_ascend"\nversion = "{vllm_ascend_version}"\n\n# moe\n[[divergence]]\n'
-                     f'test = "{SUT}::test_known_divergence"\nfinding = "combine drops the last row"\n'
+        handle.write(f'sut = "vllm_ascend"\nrelease = "{vllm_ascend_version}"\n\n# moe\n[[expectation]]\n'
+                     f'test = "{SUT}::test_known_divergence"\nmatch = "^vllm_ascend: combine drops the last row$"\n'
+                     f'finding = "combine drops the last row"\n'
                      f'reference = "vllm_ascend/ops/fused_moe (tiny test)"\n')
     return root
 
 
-def cli(root: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def cli(root: str, *args: str, env: dict | None = None, timeout: float = HANG_GUARD) -> subprocess.CompletedProcess:
     """``ascend-conformance`` in a subprocess that imports the snapshot in ``root`` (not as an xdist worker)."""
     environment = {k: v for k, v in os.environ.items()
                    if k != BREAK and not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}

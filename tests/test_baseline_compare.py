@@ -15,6 +15,7 @@ from ascend_conformance.cli import main
 from ascend_conformance.report import baseline as baseline_compare
 from ascend_conformance.report.benchmarks import load_file
 from tests import report_data as data
+from tests.events import HANG_GUARD
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_update_baseline_accepts_the_new_run(capsys, tmp_path):
 
     # pytest-benchmark's own compare reads the stored baseline
     done = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(baseline)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr
     assert "test_all_reduce_bench[8-67108864-bfloat16]" in done.stdout
 
@@ -167,5 +168,5 @@ def test_the_installed_command_exits_1_on_regression(baseline, tmp_path):
     slower = data.write(tmp_path / "new.json", data.document(data.collective_benchmarks(scale=1.1)
                                                            + data.moe_benchmarks() + data.eplb_benchmarks()))
     done = subprocess.run([sys.executable, "-m", "ascend_conformance", "compare", baseline, slower],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200"))
+                          capture_output=True, text=True, timeout=HANG_GUARD, env=dict(os.environ, COLUMNS="200"))
     assert done.returncode == 1 and "REGRESSION" in done.stdout

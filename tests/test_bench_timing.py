@@ -17,6 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ascend_conformance import bench, platform
+from tests.events import HANG_GUARD
 
 
 class _Timer:
@@ -125,7 +126,7 @@ def test_the_moe_raw_baseline_times_the_all_to_all_alone(world):
     from ascend_conformance.moe import benchmark
 
     scenario = benchmark.bench_scenario("alltoall", 2, tokens=4, hidden=8, experts=4, top_k=2, dtype="float32")
-    for rank, result in enumerate(world(2, timeout=120).run(timed_ops_on_rank, scenario.to_dict())):
+    for rank, result in enumerate(world(2, timeout=HANG_GUARD).run(timed_ops_on_rank, scenario.to_dict())):
         assert result["calls"] == 1, "the method and its baseline must be timed in one interleaved loop"
         assert sorted(result["ops"]) == ["combine", "dispatch", "raw_combine", "raw_dispatch"]
         for name in ("raw_dispatch", "raw_combine"):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from tests.events import HANG_GUARD
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys
@@ -24,7 +25,7 @@ SCRIPT = textwrap.dedent('''
 
 def test_preload_starts_no_thread_and_imports_no_system_under_test():
     env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=HANG_GUARD, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["sut_modules"] == []

@@ -1,7 +1,6 @@
 """The fault matrix of the multi-rank runtime: every way a rank can fail reaches the test with the
 rank's number and its evidence, survivors never stay blocked, and the next run starts clean."""
 import signal
-import time
 
 import pytest
 
@@ -42,15 +41,15 @@ def test_warm_pool_is_reused(world, world_runner):
 
 
 def test_exception_names_rank_and_remote_traceback_and_aborts_survivors(world):
-    started = time.monotonic()
     with pytest.raises(RankFailure) as failure:
         world(4).run(fns.raise_on, 2)
     text = str(failure.value)
     assert text.startswith("rank 2 of 4 raised builtins.ValueError: deliberate failure on rank 2")
     assert "--- rank 2 traceback ---" in text and "in raise_on" in text
     assert "ranks [0, 1, 3] were still running" in text
+    # The survivors were aborted, not waited for: had they been, the run would have ended by its timeout
+    # ("world of 4 ranks timed out"), not with rank 2's exception and the survivors' stacks in the barrier.
     assert "--- rank 0 stack ---" in text and "in barrier" in text, "survivors' stacks show where they were blocked"
-    assert time.monotonic() - started < 30
 
 
 def test_exit_code_is_reported_and_next_run_is_clean(world, world_runner, tmp_path):
@@ -75,16 +74,12 @@ def test_fatal_signal_is_reported(world, signum):
 
 
 def test_hang_fails_with_every_rank_stack_then_recovers(world):
-    started = time.monotonic()
     with pytest.raises(RankFailure) as failure:
-        world(2, timeout=3).run(fns.sleep_forever_on, 1)
-    elapsed = time.monotonic() - started
+        world(2, timeout=3).run(fns.sleep_forever_on, 1)  # a rank that never returns: only the timeout ends it
     text = str(failure.value)
     assert text.startswith("world of 2 ranks timed out after 3s")
     assert "--- rank 0 stack ---" in text and "--- rank 1 stack ---" in text
     assert "in sleep_forever_on" in text and "in barrier" in text
-    # bounded by the timeout (plus a pool start and the stack dump on a loaded host), not by the hang
-    assert elapsed < 45, f"hang detection took {elapsed:.1f}s"
     assert world(2).run(fns.all_reduce_rank_numbers) == [3, 3]
 
 
@@ -150,15 +145,14 @@ def test_too_few_devices_skips_before_spawning(pytester):
 
 
 def test_rank_timeout_option_end_to_end(pytester):
-    """`--rank-timeout 5`: a hanging rank fails its test in under 15 s with every rank's stack, and
-    the next test passes."""
+    """`--rank-timeout 5`: a hanging rank fails its test with every rank's stack, and the next test passes."""
     pytester.makepyfile(test_hang="""
-        import time
+        import threading
         import torch.distributed as dist
         from ascend_conformance.harness import rank_context
         def hang_on_rank1():
             if rank_context().rank == 1:
-                time.sleep(3600)
+                threading.Event().wait()  # never returns: only --rank-timeout ends the run
             dist.barrier()
         def ok():
             dist.barrier()
@@ -170,15 +164,11 @@ def test_rank_timeout_option_end_to_end(pytester):
         def test_next(world):
             assert world(2).run(ok) == [0, 1]
     """)
-    result = pytester.runpytest_subprocess("--rank-timeout", "5", "--durations=0", "-vv")
+    result = pytester.runpytest_subprocess("--rank-timeout", "5", "-vv")
     result.assert_outcomes(passed=2, failed=1)
+    # The hang never ends by itself, so the session ending at all, with this message, is --rank-timeout's doing.
     result.stdout.fnmatch_lines(["*world of 2 ranks timed out after 5s*", "*--- rank 0 stack ---*",
                                  "*--- rank 1 stack ---*", "*in hang_on_rank1*"])
-    durations = [line for line in result.stdout.lines if "call" in line and "test_hangs" in line]
-    seconds = float(durations[0].split("s")[0])
-    # 5 s timeout + stack dump + pool kill; measured ~6-8 s here. The margin is for a loaded shared host:
-    # what this guards is that the hang is cut by --rank-timeout, not by the rank's hour-long sleep.
-    assert seconds < 30, durations
 
 
 def test_plugin_loads_by_name_outside_the_checkout(pytester, monkeypatch):

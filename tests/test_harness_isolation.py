@@ -23,6 +23,7 @@ from ascend_conformance.harness.pool import RankFailure
 from ascend_conformance.harness.world import WorldOptions, WorldRunner
 from ascend_conformance.platform import CpuPlatform
 from tests import rank_functions as fns
+from tests.events import HANG_GUARD
 
 LEAK_VAR = "ASCEND_CONFORMANCE_ISOLATION_LEAK"
 
@@ -31,7 +32,8 @@ LEAK_VAR = "ASCEND_CONFORMANCE_ISOLATION_LEAK"
 def runner(tmp_path_factory):
     base = tmp_path_factory.mktemp("isolation")
     world = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=(0, 1), lease_dir=str(base / "leases"),
-                                     log_root=str(base / "logs"), rank_timeout=60.0, lease_timeout=60.0))
+                                     log_root=str(base / "logs"), rank_timeout=HANG_GUARD,
+                                     lease_timeout=HANG_GUARD))
     yield world
     world.shutdown()
 

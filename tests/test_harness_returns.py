@@ -13,8 +13,7 @@ import torch
 
 from ascend_conformance.harness import rank_context, wire
 from ascend_conformance.harness.pool import RankFailure
-
-STARTUP_BOUND = 240.0  # a subprocess importing torch and starting a pool on 2 loaded cores
+from tests.events import HANG_GUARD
 
 
 # --- functions the ranks run ------------------------------------------------------------------------------
@@ -102,7 +101,7 @@ def main():
     print("shm bytes", shm.f_blocks * shm.f_frsize, "nofile", resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)
     work = sys.argv[1]
     runner = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=(0, 1), lease_dir=work + "/leases",
-                                      log_root=work + "/logs", rank_timeout=120.0, lease_timeout=60.0))
+                                      log_root=work + "/logs", rank_timeout=1800.0, lease_timeout=1800.0))  # HANG_GUARD
     try:
         big = runner.run(2, limited_fns.hundred_megabytes, (), {}, "limits::100MB")
         assert [t.numel() for t in big] == [25_000_000] * 2 and [t[-1].item() for t in big] == [1.0, 2.0]
@@ -147,7 +146,7 @@ def test_100mb_returns_under_a_64mb_dev_shm_and_1500_tensors_under_ulimit_1024(t
         exec {sys.executable} {tmp_path / 'limited_parent.py'} {tmp_path}
     """)
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
-                            text=True, env=env, cwd=tmp_path, timeout=STARTUP_BOUND)
+                            text=True, env=env, cwd=tmp_path, timeout=HANG_GUARD)
     output = result.stdout + result.stderr
     assert "shm bytes 67108864 nofile 1024" in output, output[-3000:]
     assert result.returncode == 0, output[-5000:]

@@ -20,6 +20,7 @@ from ascend_conformance.commands import moe as moe_command
 from ascend_conformance.tolerance import Kind, assert_close, tolerance
 from ascend_conformance.moe.oracle import dense_moe
 from ascend_conformance.moe.scenario import Scenario
+from tests.events import HANG_GUARD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DUMP_KEYS = {"x", "topk_ids", "topk_weights", "w13", "w2", "out"}
@@ -35,7 +36,7 @@ RUNS = {
 }
 
 
-def _cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def _cli(args: list[str], timeout: float = HANG_GUARD) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "ascend_conformance", "moe", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -265,7 +266,7 @@ def test_a_configuration_vllm_ascend_refuses_is_one_line_naming_the_release(caps
 
 def test_vllm_ascend_run_prints_sut_and_ops_next_to_ok(vllm_ascend_installed, tmp_path):
     args = [item for pair in {**SUT_BASE, "--sut": "vllm-ascend", "--device-type": "A5"}.items() for item in pair]
-    proc = _cli([*args, "--dump", str(tmp_path / "case")], timeout=900)
+    proc = _cli([*args, "--dump", str(tmp_path / "case")], timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     keys = list(summary)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -25,11 +24,11 @@ import pytest
 from ascend_conformance.harness import rank_context
 from ascend_conformance.harness.world import WorldOptions, WorldRunner
 from ascend_conformance.platform import CpuPlatform
+from tests.events import HANG_GUARD, read_line, wait_for
 
 pytest_plugins = ["pytester"]
 
-GONE_WITHIN = 5.0  # seconds the orphans may take to die after their parent did
-STARTUP_BOUND = 120.0  # a subprocess importing torch and starting a pool, on 2 shared cores
+# Every wait is for an event (a line, a marker, a process's exit); tests/events.py's HANG_GUARD only ends a hang.
 
 
 # --- liveness -------------------------------------------------------------------------------------------
@@ -48,19 +47,14 @@ def _alive(entry: dict) -> bool:
         return False
 
 
-def _survivors(entries, within: float = 0.0) -> list[dict]:
-    deadline = time.monotonic() + within
-    while True:
-        alive = [e for e in entries if _alive(e)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _assert_all_gone(entries, within: float, what: str) -> None:
+def _assert_all_gone(entries, what: str, *, dying: bool = False) -> None:
+    """Every process of ``entries`` is gone: at once, or (``dying``: they were sent their end, e.g. by the
+    kernel when their parent died) once each has exited, however long a loaded box takes to run their exit."""
     assert entries, f"nothing recorded for {what}: the check would prove nothing"
-    alive = _survivors(entries, within)
-    assert not alive, f"{what}: {len(alive)} process(es) still alive after {within:g}s: {alive}"
+    if dying:
+        wait_for(lambda: not any(_alive(e) for e in entries), f"{what} to exit")
+    alive = [e for e in entries if _alive(e)]
+    assert not alive, f"{what}: {len(alive)} process(es) still alive: {alive}"
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
@@ -73,14 +67,6 @@ def _kill_session(proc: subprocess.Popen) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         pass
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
-        time.sleep(0.05)
 
 
 def _subprocess_env() -> dict:
@@ -101,10 +87,13 @@ def fail_on_rank_1():
     return os.getpid()
 
 
-def signal_started_then_block(marker_dir, seconds):
+def signal_started_then_block(marker_dir):
+    """Say it started, then answer only after the parent was interrupted: the answer comes late, as a slow
+    rank's would."""
     with open(os.path.join(marker_dir, f"started-{rank_context().rank}"), "w"):
         pass
-    time.sleep(seconds)
+    while not os.path.exists(os.path.join(marker_dir, "interrupted")):
+        time.sleep(0.01)
     return "interrupted run", rank_context().rank
 
 
@@ -117,7 +106,7 @@ _CHILDREN = []  # keeps the Popen objects (and so the children) alive in the ran
 
 def start_child():
     """What a test may do in a rank: start a process (a server under test, a helper) and leave it running."""
-    _CHILDREN.append(subprocess.Popen(["sleep", "300"]))
+    _CHILDREN.append(subprocess.Popen(["sleep", "infinity"]))  # ends only when killed
     return os.getpid(), _CHILDREN[-1].pid
 
 
@@ -127,7 +116,8 @@ def runner(tmp_path):
 
     def make(**overrides) -> WorldRunner:
         options = dict(platform=CpuPlatform(), physical_ids=tuple(range(8)), lease_dir=str(tmp_path / "leases"),
-                       log_root=str(tmp_path / f"logs{len(created)}"), rank_timeout=60.0, lease_timeout=60.0)
+                       log_root=str(tmp_path / f"logs{len(created)}"), rank_timeout=HANG_GUARD,
+                       lease_timeout=HANG_GUARD)
         options.update(overrides)
         world = WorldRunner(WorldOptions(**options))
         created.append(world)
@@ -151,21 +141,21 @@ def test_shutdown_leaves_no_rank(runner):
     world.shutdown()
     assert world.rank_pids == []
     # shutdown() joins its ranks: they must be gone on return, not some time later
-    _assert_all_gone(ranks, within=0.0, what="ranks after WorldRunner.shutdown()")
+    _assert_all_gone(ranks, "ranks after WorldRunner.shutdown()")
 
 
 def test_a_failed_pool_and_an_evicted_pool_leave_no_rank(runner):
     world = runner(max_warm_ranks=4)
     first = [_identity(pid) for pid in world.run(2, rank_pid, (), {}, "orphans::evicted")]
     world.run(4, rank_pid, (), {}, "orphans::evictor")  # 2 + 4 > 4 warm ranks: the 2-rank pool is stopped
-    _assert_all_gone(first, within=0.0, what="ranks of the evicted 2-rank pool")
+    _assert_all_gone(first, "ranks of the evicted 2-rank pool")
 
     world.run(2, rank_pid, (), {}, "orphans::before-failure")
     [pool] = [pool for key, pool in world.pools.items() if key[:2] == (2, (0, 1))]
     doomed = [_identity(pid) for pid in pool.pids]
     with pytest.raises(AssertionError, match="rank 1 of 2 raised"):
         world.run(2, fail_on_rank_1, (), {}, "orphans::failure")
-    _assert_all_gone(doomed, within=0.0, what="ranks of the pool dropped after a failure")
+    _assert_all_gone(doomed, "ranks of the pool dropped after a failure")
     world.shutdown()
 
 
@@ -176,38 +166,38 @@ def test_children_a_rank_started_die_with_its_pool(runner):
     assert all(_alive(c) for c in children)
     with pytest.raises(AssertionError, match="rank 1 of 2 raised"):
         world.run(2, fail_on_rank_1, (), {}, "orphans::failure-kills-pool")
-    _assert_all_gone(children, within=GONE_WITHIN, what="children of ranks of a pool killed after a failure")
+    _assert_all_gone(children, "children of ranks of a pool killed after a failure", dying=True)
 
     children = [_identity(child) for _, child in world.run(2, start_child, (), {}, "orphans::child-then-shutdown")]
     world.shutdown()
-    _assert_all_gone(children, within=GONE_WITHIN, what="children of ranks after WorldRunner.shutdown()")
+    _assert_all_gone(children, "children of ranks after WorldRunner.shutdown()", dying=True)
 
 
 # --- (b) the parent is SIGKILLed while it holds a warm 4-rank pool --------------------------------------
 NOOP_MODULE = '''
 import os
 import subprocess
-import time
+import threading
 
 _CHILDREN = []
 
 
 def noop():
-    _CHILDREN.append(subprocess.Popen(["sleep", "300"]))  # a process the test started in the rank
+    _CHILDREN.append(subprocess.Popen(["sleep", "infinity"]))  # a process the test started in the rank
     return os.getpid()
 
 
 def block(marker_dir):
     with open(os.path.join(marker_dir, f"busy-{os.getpid()}"), "w"):
         pass
-    time.sleep(600)
+    threading.Event().wait()  # ends only when killed
 '''
 
 PARENT_SCRIPT = '''
 import json
 import os
 import sys
-import time
+import threading
 
 import psutil
 
@@ -221,7 +211,7 @@ def main():
 
     lease_dir, log_root, state, marker_dir = sys.argv[1:5]
     runner = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=tuple(range(8)), lease_dir=lease_dir,
-                                      log_root=log_root, rank_timeout=60.0, lease_timeout=60.0))
+                                      log_root=log_root, rank_timeout=1800.0, lease_timeout=1800.0))  # HANG_GUARD
     results = runner.run(4, orphan_noop.noop, (), {}, "orphans::parent-killed")
     descendants = []
     ranks = set(runner.rank_pids)
@@ -237,32 +227,12 @@ def main():
     print(json.dumps({"ranks": runner.rank_pids, "results": results, "descendants": descendants}), flush=True)
     if state == "busy":  # the ranks are inside a test function when the parent dies, not waiting for work
         runner.run(4, orphan_noop.block, (marker_dir,), {}, "orphans::parent-killed-busy")
-    time.sleep(600)
+    threading.Event().wait()  # until the test kills this parent
 
 
 if __name__ == "__main__":
     main()
 '''
-
-
-def _read_line(proc: subprocess.Popen, timeout: float) -> str:
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    try:
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                pytest.fail(f"no report from the parent script within {timeout:g}s", pytrace=False)
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
-                pytest.fail(f"the parent script exited ({proc.poll()}) before reporting:\n{err}", pytrace=False)
-            buffer += chunk
-    finally:
-        selector.close()
-    return buffer.decode().splitlines()[0]
 
 
 @pytest.mark.parametrize("state", ["idle", "busy"])
@@ -279,7 +249,7 @@ def test_ranks_and_forkserver_die_when_the_parent_is_sigkilled(tmp_path, state):
                             start_new_session=True)
     try:
         try:
-            report = json.loads(_read_line(proc, STARTUP_BOUND))
+            report = json.loads(read_line(proc, "the parent script's report"))
         except BaseException:
             stderr.seek(0)
             sys.stderr.write(stderr.read().decode(errors="replace")[-3000:])
@@ -291,14 +261,14 @@ def test_ranks_and_forkserver_die_when_the_parent_is_sigkilled(tmp_path, state):
         assert roles.count("rank-child") == 4, f"each rank's sleep should be there: {descendants}"
         assert all(_alive(d) for d in descendants)
         if state == "busy":
-            _wait_for(lambda: len(os.listdir(markers)) >= 4, 30, "all 4 ranks to enter the blocking function")
+            wait_for(lambda: len(os.listdir(markers)) >= 4, "all 4 ranks to enter the blocking function",
+                     possible=lambda: proc.poll() is None)
 
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        proc.wait()  # SIGKILL: it exits
         assert proc.returncode == -signal.SIGKILL
-        _assert_all_gone(descendants, within=GONE_WITHIN,
-                         what=f"ranks ({state}), their children, forkserver and helpers of a SIGKILLed parent "
-                              f"holding a 4-rank pool")
+        _assert_all_gone(descendants, f"ranks ({state}), their children, forkserver and helpers of a SIGKILLed "
+                                      f"parent holding a 4-rank pool", dying=True)
     finally:
         _kill_session(proc)
         stderr.close()
@@ -379,7 +349,7 @@ def test_no_process_remains_after_a_pytest_run(pytester, tmp_path):
     pid_dir.mkdir()
     pytester.makepyfile(test_inner=INNER_TESTS.format(pid_dir=str(pid_dir)))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--lease-dir", str(tmp_path / "leases"),
-                                           timeout=STARTUP_BOUND)
+                                           timeout=HANG_GUARD)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*rank 1 of 2 raised*deliberate failure on rank 1*"])
     entries = _recorded(pid_dir)
@@ -387,14 +357,14 @@ def test_no_process_remains_after_a_pytest_run(pytester, tmp_path):
     assert {"rank", "forkserver", "descendant"} <= roles, f"recorded roles {roles}"
     # warm 2-rank pool (reused by the failing test, then dropped) + 4-rank pool + the 2-rank replacement
     assert len({e["pid"] for e in entries if e["role"] == "rank"}) == 2 + 4 + 2
-    _assert_all_gone(entries, within=GONE_WITHIN, what="processes of a finished pytest run")
+    _assert_all_gone(entries, "processes of a finished pytest run", dying=True)
 
 
 # --- (d) a pytest run interrupted by SIGINT mid-test ----------------------------------------------------
 BLOCKING_TEST = '''
 import json
 import os
-import time
+import threading
 
 import psutil
 
@@ -410,7 +380,7 @@ def record_and_block():
     with open(path + ".tmp", "w") as handle:
         json.dump(entry, handle)
     os.replace(path + ".tmp", path)
-    time.sleep(300)
+    threading.Event().wait()  # until the run is interrupted
 
 
 def test_blocks(world):
@@ -430,8 +400,8 @@ def test_sigint_mid_test_leaves_no_process(tmp_path, target):
                             stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=_subprocess_env(),
                             start_new_session=True)
     try:
-        _wait_for(lambda: len(_records(pid_dir)) >= 2 or proc.poll() is not None, STARTUP_BOUND,
-                  "both ranks of the inner test to record their pids")
+        wait_for(lambda: len(_records(pid_dir)) >= 2, "both ranks of the inner test to record their pids",
+                 possible=lambda: proc.poll() is None)
         assert proc.poll() is None, f"the inner pytest exited early:\n{_text(output)}"
         ranks = _recorded(pid_dir)
         tree = [_identity(p.pid) for p in psutil.Process(proc.pid).children(recursive=True)]
@@ -441,14 +411,14 @@ def test_sigint_mid_test_leaves_no_process(tmp_path, target):
         else:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         try:
-            proc.wait(30)
+            proc.wait(HANG_GUARD)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"pytest did not stop within 30s of SIGINT:\n{_text(output)}", pytrace=False)
+            pytest.fail(f"pytest did not stop after SIGINT ({HANG_GUARD:g}s):\n{_text(output)}", pytrace=False)
         text = _text(output)
         assert proc.returncode == 2, f"expected exit code 2 (interrupted), got {proc.returncode}:\n{text}"
         assert "KeyboardInterrupt" in text, text
-        _assert_all_gone(ranks + tree, within=GONE_WITHIN,
-                         what=f"ranks and helpers of a pytest run interrupted by SIGINT to the {target}")
+        _assert_all_gone(ranks + tree, f"ranks and helpers of a pytest run interrupted by SIGINT to the {target}",
+                         dying=True)
     finally:
         _kill_session(proc)
         output.close()
@@ -472,12 +442,11 @@ def test_a_run_interrupted_in_the_parent_does_not_answer_the_next_run(runner, tm
     markers.mkdir()
 
     def interrupt_when_started():
-        deadline = time.monotonic() + 30
-        while len(os.listdir(markers)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(os.listdir(markers)) >= 2, "both ranks to start the run to interrupt")
         os.kill(os.getpid(), signal.SIGUSR2)
 
     def raise_interrupted(signum, frame):
+        (markers / "interrupted").touch()  # the ranks answer now: after the interrupt, however late it came
         raise _Interrupted()
 
     previous = signal.signal(signal.SIGUSR2, raise_interrupted)
@@ -485,9 +454,9 @@ def test_a_run_interrupted_in_the_parent_does_not_answer_the_next_run(runner, tm
     try:
         thread.start()
         with pytest.raises(_Interrupted):
-            world.run(2, signal_started_then_block, (str(markers), 3.0), {}, "orphans::interrupted")
+            world.run(2, signal_started_then_block, (str(markers),), {}, "orphans::interrupted")
     finally:
-        thread.join(35)
+        thread.join(HANG_GUARD)
         signal.signal(signal.SIGUSR2, previous)
     results = world.run(2, echo, (2,), {}, "orphans::next")
     assert results == [("echo", 2, 0), ("echo", 2, 1)], f"the next run got {results}"

@@ -10,6 +10,7 @@ import torch
 
 from ascend_conformance import platform as platforms
 from ascend_conformance.errors import ConfigError
+from tests.events import HANG_GUARD
 
 pytest_plugins = ["pytester"]
 
@@ -21,7 +22,7 @@ def run_cli(*args, env_extra=None, pythonpath=None):
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "ascend_conformance", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=HANG_GUARD)
 
 
 @pytest.fixture
@@ -108,12 +109,16 @@ def test_cpu_peak_memory_is_measured_from_allocations():
 
 
 def test_wall_timer_measures_elapsed_time():
-    timer = platforms.CpuPlatform().timer()
-    timer.start()
     import time
 
+    timer = platforms.CpuPlatform().timer()
+    outer = time.perf_counter()
+    timer.start()
     time.sleep(0.05)
-    assert 0.04 < timer.stop() < 1.0
+    measured = timer.stop()
+    around = time.perf_counter() - outer
+    # At least the sleep, at most the span around start and stop, however long a loaded box made that.
+    assert 0.05 <= measured <= around, (measured, around)
 
 
 def test_info_command_prints_versions():
@@ -135,7 +140,7 @@ def test_outer_visible_devices_mask_is_respected(monkeypatch, tmp_path):
                                       log_root=str(tmp_path / "logs")))
     # leases come from the mask only, and ranks see exactly their leased devices
     assert runner.leases.candidate_sets(2) == [(2, 3), (5, 7)]
-    with runner.leases.acquire(2, timeout=1, preferred=[(5, 7)]) as lease:
+    with runner.leases.acquire(2, timeout=HANG_GUARD, preferred=[(5, 7)]) as lease:
         assert lease.devices == (5, 7)
         env = runner.rank_environment(lease.devices, port_block=3)
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "5,7"
@@ -164,6 +169,6 @@ def test_npu_platform_imports_torch_npu_before_using_the_device(tmp_path):
         print(device, torch_npu.calls, plat.device_count())
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["npu:1", "[1,", "'sync']", "2"]

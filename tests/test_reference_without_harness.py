@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from tests.events import HANG_GUARD
 
 SCRIPT = textwrap.dedent('''
     import importlib, importlib.abc, json, os, pkgutil, sys
@@ -70,7 +71,7 @@ SCRIPT = textwrap.dedent('''
 def test_reference_imports_and_runs_without_the_harness_or_pytest(tmp_path):
     env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "ASCEND_CONFORMANCE_PLATFORM": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "store")], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=str(tmp_path))
+                          timeout=HANG_GUARD, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     for module in ("ascend_conformance.groups", "ascend_conformance.shared_weight", "ascend_conformance.moe.parallel",

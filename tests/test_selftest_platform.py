@@ -14,9 +14,10 @@ import sys
 import textwrap
 
 from ascend_conformance import platform as platforms
+from tests.events import HANG_GUARD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_TIMEOUT = 600.0
+RUN_TIMEOUT = HANG_GUARD
 
 STAND_IN_TORCH_NPU = '''
 import types
@@ -51,7 +52,7 @@ def test_self_tests_pin_cpu_on_an_npu_host_and_the_rest_keeps_npu(tmp_path):
            if k not in (platforms.PLATFORM_ENV, "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "RANK", "WORLD_SIZE")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
     check = subprocess.run([sys.executable, "-c", "from ascend_conformance import platform as p; print(p.detect().name)"],
-                           capture_output=True, text=True, env=env, timeout=120)
+                           capture_output=True, text=True, env=env, timeout=HANG_GUARD)
     assert check.stdout.strip() == "npu", f"the stand-in must make this look like an NPU host: {check.stderr}"
 
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rA",

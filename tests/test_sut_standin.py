@@ -17,11 +17,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from tests.events import HANG_GUARD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _python(code: str, extra_path: str | None = None, timeout: float = 300) -> dict:
+def _python(code: str, extra_path: str | None = None, timeout: float = HANG_GUARD) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
     path = [p for p in (extra_path, ROOT, os.environ.get("PYTHONPATH")) if p]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}

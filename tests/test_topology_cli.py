@@ -9,13 +9,14 @@ import sys
 import pytest
 
 from ascend_conformance.topology import ParallelConfig, build_layout
+from tests.events import HANG_GUARD
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def topology(*flags: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ascend_conformance", "topology", *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
 
 
 @pytest.mark.parametrize("flags, config", [
@@ -124,7 +125,7 @@ def _need_stack():
 
 def live(*flags: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ascend_conformance", "topology", *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
 
 
 def test_live_check_reports_vllm_ascends_dp2_pp2_tp2_otp2_sharding_layout_as_crossing_pp_stages():
@@ -160,7 +161,7 @@ def test_live_json_is_what_the_release_builds_for_fine_grained_tp_pd_and_flashco
 
     _need_stack()
     configs = [fields for _, fields in LIVE_FLAGS.values()]
-    per_rank = world(4, timeout=1800, pool="vllm_ascend").run(capture_views, "vllm_ascend", configs)
+    per_rank = world(4, timeout=HANG_GUARD, pool="vllm_ascend").run(capture_views, "vllm_ascend", configs)
     for index, (name, (flags, fields)) in enumerate(LIVE_FLAGS.items()):
         captured = merge_rank_views([outcomes[index]["view"] for outcomes in per_rank])
         result = live("--live", "vllm-ascend", *flags, "--json")

@@ -21,9 +21,10 @@ from ascend_conformance.harness.leases import LeaseTimeout
 from ascend_conformance.harness.warm_ranks import WarmRegister
 from ascend_conformance.harness.world import CPU_MAX_WARM_RANKS, WorldOptions, WorldRunner
 from ascend_conformance.platform import PORTS_PER_BLOCK, CpuPlatform, NpuPlatform
+from tests.events import HANG_GUARD, wait_for
 
 HCCL_VARIABLES = ("HCCL_IF_BASE_PORT", "HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE")
-STARTUP_BOUND = 120.0  # a subprocess importing torch and starting a pool, on 2 shared cores
+# Every wait is for an event (a line, a registration, a process's exit); HANG_GUARD only ends a hang.
 
 
 class CpuWithHcclPorts(CpuPlatform):
@@ -44,6 +45,13 @@ def sleep_then_pid(seconds):
     return os.getpid()
 
 
+def pid_once_released(marker):
+    """Hold the run until the test creates ``marker`` (the run lasts as long as the test needs it to)."""
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    return os.getpid()
+
+
 # --- helpers --------------------------------------------------------------------------------------------
 def ports_of(env: dict) -> set[int]:
     base = int(env["HCCL_IF_BASE_PORT"])
@@ -61,7 +69,8 @@ def runners(tmp_path):
 
     def make(**overrides) -> WorldRunner:
         options = dict(platform=CpuPlatform(), physical_ids=tuple(range(8)), lease_dir=str(tmp_path / "leases"),
-                       log_root=str(tmp_path / f"logs{len(made)}"), rank_timeout=60.0, lease_timeout=60.0)
+                       log_root=str(tmp_path / f"logs{len(made)}"), rank_timeout=HANG_GUARD,
+                       lease_timeout=HANG_GUARD)
         options.update(overrides)
         runner = WorldRunner(WorldOptions(**options))
         made.append(runner)
@@ -74,13 +83,15 @@ def runners(tmp_path):
             runner.shutdown()
 
 
-def _gone(pids, within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    while True:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.05)
+def _alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 # --- port blocks ----------------------------------------------------------------------------------------
@@ -123,7 +134,8 @@ def test_port_blocks_are_the_lowest_free_reused_after_release_and_after_a_dead_o
     code = ("import sys; from ascend_conformance.harness.warm_ranks import WarmRegister\n"
             "r = WarmRegister(sys.argv[1])\n"
             "with r.transaction() as s: print(s.add(r.new_key(), 4, (4, 5, 6, 7)).port_block)\n")
-    result = subprocess.run([sys.executable, "-c", code, lease_dir], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code, lease_dir], capture_output=True, text=True,
+                            timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3"]
     a.release_all()
@@ -157,6 +169,7 @@ HOLDER_SCRIPT = '''
 import json
 import os
 import sys
+import threading
 import time
 
 from ascend_conformance.harness.world import WorldOptions, WorldRunner
@@ -169,14 +182,15 @@ def main():
 
     lease_dir, log_root = sys.argv[1:3]
     runner = WorldRunner(WorldOptions(platform=CpuPlatform(), physical_ids=tuple(range(8)), lease_dir=lease_dir,
-                                      log_root=log_root, rank_timeout=60.0, lease_timeout=60.0, max_warm_ranks=2))
+                                      log_root=log_root, rank_timeout=1800.0, lease_timeout=1800.0,  # HANG_GUARD
+                                      max_warm_ranks=2))
     print(json.dumps(runner.run(2, warm_holder_functions.pid, (), {}, "warm::holder")), flush=True)
-    # From here on the process is idle, like an xdist worker busy with tests that need no world.
-    deadline = time.monotonic() + 300
-    while runner.pools and time.monotonic() < deadline:
+    # From here on the process is idle, like an xdist worker busy with tests that need no world; it says when
+    # another process stopped its pool (the test waits for that line).
+    while runner.pools:
         time.sleep(0.05)
-    print(json.dumps("stopped" if not runner.pools else "still warm"), flush=True)
-    time.sleep(300)
+    print(json.dumps("stopped"), flush=True)
+    threading.Event().wait()  # until the test kills it
 
 
 if __name__ == "__main__":
@@ -191,36 +205,34 @@ def test_an_idle_pool_of_another_process_is_stopped_when_the_host_bound_needs_ro
                                str(tmp_path / "holder-logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               cwd=tmp_path, text=True, start_new_session=True)
     try:
-        line = _read_line(holder, STARTUP_BOUND)
+        line = _read_line(holder)
         holder_ranks = json.loads(line)
         assert len(holder_ranks) == 2, line
-        assert _gone(holder_ranks, 0.0) == holder_ranks, "the holder's pool must be warm before the test goes on"
+        assert _alive(holder_ranks) == holder_ranks, "the holder's pool must be warm before the test goes on"
 
         # This process needs 2 ranks under the same host-wide bound of 2: the holder's idle pool must go.
         mine = runners(max_warm_ranks=2)
         my_ranks = mine.run(2, sleep_then_pid, (0.0,), {}, "warm::needs-room")
-        assert json.loads(_read_line(holder, 30.0)) == "stopped", "the other process kept its idle pool"
-        assert _gone(holder_ranks, 5.0) == [], "the holder's ranks must have been stopped"
+        assert json.loads(_read_line(holder)) == "stopped", "the other process kept its idle pool"
+        wait_for(lambda: not _alive(holder_ranks), "the holder's stopped ranks to exit")
         held = [(p.pid, p.n) for p in mine.register.pools()]
         assert held == [(os.getpid(), 2)], f"the register must hold only this process's 2 ranks: {held}"
         assert sorted(my_ranks) == sorted(mine.rank_pids)
     finally:
         holder.kill()
-        holder.wait(10)
+        holder.wait()
 
 
-def test_waiting_for_room_held_by_a_running_pool_times_out_naming_the_bound_and_holders(runners):
+def test_waiting_for_room_held_by_a_running_pool_times_out_naming_the_bound_and_holders(runners, tmp_path):
     busy = runners(max_warm_ranks=2)
     waiting = runners(max_warm_ranks=2, lease_timeout=1.0)
     outcome = {}
+    release = tmp_path / "release-busy"  # the busy run lasts until the waiting one has given up
     runner_thread = threading.Thread(
-        target=lambda: outcome.update(pids=busy.run(2, sleep_then_pid, (6.0,), {}, "warm::busy")))
+        target=lambda: outcome.update(pids=busy.run(2, pid_once_released, (str(release),), {}, "warm::busy")))
     runner_thread.start()
     try:
-        deadline = time.monotonic() + STARTUP_BOUND
-        while not busy.register.pools() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert busy.register.pools(), "the busy runner's pool never registered"
+        wait_for(lambda: busy.register.pools(), "the busy runner's pool to register", possible=runner_thread.is_alive)
         with pytest.raises(LeaseTimeout) as info:
             waiting.run(2, sleep_then_pid, (0.0,), {}, "warm::waits")  # leases (2, 3); no room while busy runs
         message = str(info.value)
@@ -229,20 +241,22 @@ def test_waiting_for_room_held_by_a_running_pool_times_out_naming_the_bound_and_
         assert "the host's bound is 2 (--max-warm-ranks)" in message and f"pid {os.getpid()}: 2" in message, message
         assert not waiting.pools, "no pool may start past the bound"
     finally:
-        runner_thread.join(STARTUP_BOUND)
+        release.touch()
+        runner_thread.join(HANG_GUARD)
     assert len(outcome.get("pids", [])) == 2, "the running pool must finish its run undisturbed"
     with waiting.register.transaction() as state:
         assert not state.waiting, "a runner that gave up must withdraw its wait"
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+def _read_line(proc: subprocess.Popen) -> str:
+    """The next line of ``proc`` (text mode): waits for the line or the process's exit (an empty read)."""
     result = {}
     reader = threading.Thread(target=lambda: result.update(line=proc.stdout.readline()), daemon=True)
     reader.start()
-    reader.join(timeout)
+    reader.join(HANG_GUARD)
     line = result.get("line")
     if not line:
         proc.kill()
-        pytest.fail(f"no line from the subprocess within {timeout:g}s; stderr:\n{proc.stderr.read()[-3000:]}",
-                    pytrace=False)
+        pytest.fail(f"no line from the subprocess (it exited, or {HANG_GUARD:g}s passed); stderr:\n"
+                    f"{proc.stderr.read()[-3000:]}", pytrace=False)
     return line

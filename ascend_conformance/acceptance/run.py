@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from ascend_conformance import expectations
 from ascend_conformance.acceptance import bundle as bundle_mod
 from ascend_conformance.acceptance import manifest, mustpass
 from ascend_conformance.acceptance.checkout import Checkout, suite_version
@@ -188,8 +189,7 @@ def _assemble(checkout: Checkout, profile: Profile, version: str, listed, compar
     os.makedirs(os.path.join(work, "expectations"), exist_ok=True)
     for sut in SUT_NAMES:
         release = environment.get(sut)
-        source = os.path.join(checkout.root, "suites", "expectations", f"{sut}-{release}.toml")
-        if release and os.path.isfile(source):
+        for source, _, _ in (expectations.files_for(checkout.root, sut, str(release)) if release else ()):
             shutil.copyfile(source, os.path.join(work, "expectations", os.path.basename(source)))
     for name, content in (("environment.json", environment), ("profile.json", profile.to_dict()),
                           ("manifest.json", manifest.compute(checkout, version, [profile.name]))):

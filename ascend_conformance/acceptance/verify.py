@@ -3,8 +3,8 @@
 A bundle is acceptable when every one of these holds (each failure is one problem line):
 
 * **mustpass** — every test of the profile's mustpass list has a result, and it passed, or xfailed
-  under an expectation (``suites/expectations/<sut>-<version>.toml``, bundled) of the release of its
-  system under test that the environment names, or was skipped for a reason the profile allows;
+  under an expectation (``suites/expectations/<sut>-<release>.toml`` and ``<sut>.toml``, bundled) of the
+  release of its system under test that the environment names, or was skipped for a reason the profile allows;
 * **session** — every pytest session of the run recorded its collection and its completion mark, with
   exit status 0 or 1 (2 is an interrupted session);
 * **suite** — the manifest matches the release manifest of its suite version
@@ -23,13 +23,13 @@ visible, they do not prove a run happened (a reviewer still reads the console lo
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import tempfile
 import time
 
 from ascend_conformance.acceptance import bundle as bundle_mod
 from ascend_conformance.acceptance import counterparts, manifest, mustpass, profiles
+from ascend_conformance import expectations as spec
 from ascend_conformance.acceptance.checkout import Checkout
 from ascend_conformance.errors import ConfigError
 
@@ -103,31 +103,35 @@ def _merge_records(bundle: bundle_mod.Bundle) -> dict:
         return results_mod.merge_directory(tmp)
 
 
-def _expectations(bundle: bundle_mod.Bundle, report: Report) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """(sut, version) -> (test pattern, xfail reason ``<finding> [<reference>]``) of the bundled expectations."""
-    import tomllib
-
-    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+def _expectations(bundle: bundle_mod.Bundle, report: Report) -> dict[tuple[str, str | None], list[spec.Entry]]:
+    """(sut, release name; None for the shared file of every release line) -> the bundled entries, read by
+    the parser the plugin uses."""
+    out: dict[tuple[str, str | None], list[spec.Entry]] = {}
     for name in bundle.names("expectations/", ".toml"):
+        stem = os.path.basename(name)[:-len(".toml")]
+        sut, _, release = stem.partition("-")
         try:
-            data = tomllib.loads(bundle.text(name))
-        except tomllib.TOMLDecodeError as exc:
-            report.problem("bundle", f"{name} is not valid TOML: {exc}")
+            parsed = spec.parse_text(bundle.text(name), name, sut=sut, release=release or None)
+        except spec.ExpectationsError as exc:
+            report.problem("bundle", str(exc))
             continue
-        out[(str(data.get("sut")), str(data.get("version")))] = [
-            (entry["test"], f"{entry.get('finding')} [{entry.get('reference')}]")
-            for entry in data.get("divergence", []) if isinstance(entry, dict) and isinstance(entry.get("test"), str)]
+        out[(sut, release or None)] = list(parsed.entries)
     return out
 
 
-def _pattern_matcher():
-    """How the expectations plugin matches an entry's ``test`` to a node id (its own function, so the two never
-    disagree); fnmatch where the plugin is not importable."""
+def _applicable(expectations: dict, sut: str, release: str) -> list[spec.Entry]:
+    """The entries of ``sut``'s release ``release``: its own file's, and the shared file's whose range
+    contains it (a checkout such as main is not a PEP 440 version: the bundle holds only the files its run
+    applied, so the shared entries are taken as they are)."""
+    from packaging.version import InvalidVersion, Version
+
     try:
-        from ascend_conformance_fixtures.expectations import matches
-    except ImportError:
-        return fnmatch.fnmatchcase
-    return matches
+        comparable = str(Version(release))
+    except InvalidVersion:
+        comparable = None
+    shared = expectations.get((sut, None), [])
+    return [*expectations.get((sut, release), []),
+            *(entry for entry in shared if comparable is None or entry.applies_to(comparable))]
 
 
 def verify(path: str, checkout: Checkout, releases_dir: str | None = None) -> Report:
@@ -357,7 +361,6 @@ def _check_environment(bundle, merged: dict, profile, report: Report) -> dict:
 def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile, environment: dict,
                     report: Report) -> None:
     expectations = _expectations(bundle, report)
-    matches = _pattern_matcher()
     records = {t["nodeid"]: t for t in merged.get("tests") or []}
     counts = {"passed": 0, "xfailed": 0, "skipped": 0, "not_in_release": 0}
     allowed_reasons: dict[str, int] = {}
@@ -379,10 +382,11 @@ def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile
             elif str(environment.get(name)) != release:
                 report.problem("xfailed", f"{nodeid}: xfailed as {sut_label}, the environment has {name} "
                                           f"{environment.get(name)}")
-            elif not any(matches(nodeid, pattern) and full_reason == expected
-                         for pattern, expected in expectations.get((name, release), ())):
+            elif not any(entry.covers(nodeid) and full_reason == entry.reason
+                         for entry in _applicable(expectations, name, release)):
                 report.problem("xfailed", f"{nodeid}: xfailed, but no bundled expectation of {sut_label} names it "
-                                          f"with this finding (expectations/{name}-{release}.toml)")
+                                          f"with this finding (expectations/{name}-{release}.toml, "
+                                          f"expectations/{name}.toml)")
             else:
                 counts["xfailed"] += 1
         elif outcome == "not_in_release":

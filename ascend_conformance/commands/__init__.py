@@ -6,4 +6,5 @@ commands stay fast.
 """
 
 # Order is the order of `ascend-conformance --help`.
-COMMAND_MODULES = ("info", "topology", "moe", "stack", "matrix", "baseline_compare", "report", "acceptance")
+COMMAND_MODULES = ("info", "topology", "moe", "stack", "matrix", "baseline_compare", "report", "expectations",
+                   "acceptance")

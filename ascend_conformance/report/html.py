@@ -21,6 +21,7 @@ import io
 import os
 from collections.abc import Iterable, Mapping
 
+from ascend_conformance.expectations import split_reason
 from ascend_conformance.report import results as results_mod
 from ascend_conformance.report import sut_labels
 from ascend_conformance.report.benchmarks import BenchRow
@@ -251,21 +252,6 @@ def _cell(counts: Mapping | None) -> dict | None:
     return {"verdict": counts["verdict"], "counts": ", ".join(f"{n} {name}" for name, n in shown)}
 
 
-def _finding_and_reference(reason: str) -> tuple[str, str]:
-    """An expectation's xfail reason is ``<finding> [<reference>]`` (fixtures/expectations.py); any other
-    reason is all finding.
-
-    >>> _finding_and_reference("otp crosses PP stages [vllm_ascend/distributed/parallel_state.py]")
-    ('otp crosses PP stages', 'vllm_ascend/distributed/parallel_state.py')
-    >>> _finding_and_reference("flaky on gloo")
-    ('flaky on gloo', '')
-    """
-    if reason.endswith("]") and " [" in reason:
-        cut = reason.rindex(" [")
-        return reason[:cut], reason[cut + 2:-1]
-    return reason, ""
-
-
 def _divergences(tests: list[Mapping]) -> list[dict]:
     """Every xfailed test: the known divergence (the expectation's finding and reference, as the xfail
     reason) and what this run observed, grouped by system under test."""
@@ -273,7 +259,7 @@ def _divergences(tests: list[Mapping]) -> list[dict]:
     for test in tests:
         if test.get("outcome") != "xfailed":
             continue
-        finding, reference = _finding_and_reference(test.get("reason") or "(no reason given)")
+        finding, reference = split_reason(test.get("reason") or "(no reason given)")
         rows.append({"sut": results_mod.sut_of(test), "nodeid": test["nodeid"], "area": test.get("area", ""),
                      "finding": finding, "reference": reference, "observed": test.get("observed", "")})
     return sorted(rows, key=lambda r: (sut_labels.sort_key(r["sut"]), r["area"], r["nodeid"]))
