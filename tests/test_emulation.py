@@ -1,0 +1,269 @@
+"""The emulated NPU (ascend_conformance/emulation, docs/emulation.md): the extension builds once and is
+cached, tensors on ``npu:k`` behave as device tensors, and a world of ranks on the ``npu-emulated``
+platform runs collectives of ``npu`` tensors through the emulated ``hccl`` backend.
+
+The pytest process never loads the extension (it would turn PrivateUse1 into ``npu`` for every later
+test): device semantics are checked inside ranks of the npu-emulated platform's own warm pools. Without
+a C++ toolchain every test here skips with the one-line reason the platform gives.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ascend_conformance import platform as platforms
+from ascend_conformance.emulation import build
+from ascend_conformance.harness import rank_context
+
+pytest_plugins = ["pytester"]
+
+
+_USER_CACHE = build.cache_root()  # read before pytester points HOME elsewhere
+
+
+def _plugin():
+    return sys.modules.get("ascend_conformance_fixtures.plugin") or importlib.import_module("fixtures.plugin")
+
+
+@pytest.fixture(scope="session")
+def emulated_runner(request, tmp_path_factory):
+    """The session's runner on npu-emulated (built once; skipped with the reason when it cannot be)."""
+    plat = platforms.by_name("npu-emulated")
+    plat.slots = request.config.getoption("--devices")
+    reason = plat.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    runner = _plugin().make_world_runner(request.config, tmp_path_factory, plat)
+    yield runner
+    runner.shutdown()
+
+
+@pytest.fixture
+def emulated_world(emulated_runner, request):
+    def make(n: int, pool: str = ""):
+        reason = emulated_runner.skip_reason(n)
+        if reason:
+            pytest.skip(reason)
+        return _plugin().World(emulated_runner, n, request.node.nodeid, None, pool)
+
+    return make
+
+
+# --- the build ------------------------------------------------------------------------------------
+
+def test_build_key_names_torch_python_and_the_sources():
+    key = build.build_key()
+    assert key.startswith(f"npu-device-torch{torch.__version__}-cp{sys.version_info.major}{sys.version_info.minor}-")
+    assert key.endswith(build.source_digest()) and len(build.source_digest()) == 12
+
+
+def test_concurrent_first_builds_compile_once_and_leave_no_partial_build(tmp_path, monkeypatch):
+    """Four processes' worth of first users at once: one compiles (into a private directory renamed into
+    place), the others wait on the lock and get the same finished build."""
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    compiles, inside = [], threading.Event()
+
+    def fake_compile(final):  # what _compile_into promises: a complete directory appears atomically
+        compiles.append(final)
+        inside.set()
+        private = final + ".build-test"
+        os.makedirs(private)
+        with open(os.path.join(private, build.MODULE_NAME + ".so"), "wb") as handle:
+            handle.write(b"\0")
+        os.rename(private, final)
+
+    monkeypatch.setattr(build, "_compile_into", fake_compile)
+    results, errors = [], []
+
+    def first_use():
+        try:
+            results.append(build.ensure_built())
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(compiles) == 1, "one compile for four simultaneous first uses"
+    assert len({path for path, _ in results}) == 1
+    assert sorted(os.listdir(tmp_path)) == [build.build_key(), build.build_key() + ".lock"]
+
+
+def test_no_compiler_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))  # nothing cached: a build is needed
+    monkeypatch.setenv("CXX", "no-such-c++")
+    with pytest.raises(build.BuildUnavailable) as raised:
+        build.ensure_built()
+    assert str(raised.value) == ("cannot build the emulated npu device: no C++ compiler (no-such-c++ not on PATH; "
+                                 "install g++ or set CXX)")
+    assert platforms.by_name("npu-emulated").unavailable_reason() == str(raised.value)
+
+
+def test_the_extension_is_built_and_cached():
+    """The real build (cold on a new machine, else from the per-user cache); a second ask is a cache hit."""
+    if build.missing_tools():
+        pytest.skip(f"cannot build the emulated npu device: {build.missing_tools()}")
+    path, _ = build.ensure_built()
+    assert os.path.isfile(path) and os.path.dirname(path) == build.build_dir()
+    assert build.ensure_built() == (path, 0.0)
+
+
+# --- device semantics, in a rank ------------------------------------------------------------------
+
+def device_semantics():
+    """npu:1 stays npu:1, npu + cpu raises, copies round-trip, the allocator counts bytes exactly."""
+    out = {"count": torch.npu.device_count(), "current": torch.npu.current_device()}
+    one = torch.arange(6.0, device="npu:1").reshape(2, 3)
+    out["placed"] = [str(t.device) for t in (one, one * 2, one.t(), one.sum(), torch.topk(one, 2).values,
+                                             one @ one.t(), one.to(torch.bfloat16) + 1)]
+    try:
+        one + torch.ones(2, 3)
+        out["mixed"] = "no error"
+    except RuntimeError as exc:
+        out["mixed"] = str(exc).splitlines()[0]
+    try:
+        one + torch.ones(2, 3, device="npu:0")
+        out["two devices"] = "no error"
+    except RuntimeError as exc:
+        out["two devices"] = str(exc).splitlines()[0]
+    host = torch.randn(4, 5)
+    out["round trip"] = torch.equal(host.to("npu:1").to("npu:0").cpu(), host)
+    out["not a cpu tensor"] = (one.is_cpu, one.device.type)
+    view = one.view(-1)
+    view[0] = 42.0  # a view shares storage: the write shows through the base
+    out["view writes through"] = one[0, 0].item()
+    torch.npu.set_device(1)
+    out["set_device"] = (torch.npu.current_device(), str(torch.empty(1, device="npu").device))
+    before = torch.npu.memory_allocated(0)
+    torch.npu.reset_peak_memory_stats(0)
+    block = torch.empty(1000, dtype=torch.float32, device="npu:0")
+    out["allocated"] = torch.npu.memory_allocated(0) - before
+    out["reserved at least"] = torch.npu.memory_reserved(0) >= torch.npu.memory_allocated(0)
+    del block
+    out["freed"] = torch.npu.memory_allocated(0) - before
+    out["peak"] = torch.npu.max_memory_allocated(0) - before
+    free, total = torch.npu.mem_get_info(0)
+    out["mem_get_info"] = 0 < free <= total
+    start, end = torch.npu.Event(enable_timing=True), torch.npu.Event(enable_timing=True)
+    start.record()
+    torch.ones(64, 64, device="npu:0") @ torch.ones(64, 64, device="npu:0")
+    end.record()
+    end.synchronize()
+    out["elapsed ms >= 0"] = start.elapsed_time(end) >= 0
+    try:
+        torch.empty(1, device=f"npu:{torch.npu.device_count()}")
+        out["bad index"] = "no error"
+    except RuntimeError as exc:
+        out["bad index"] = str(exc).splitlines()[0]
+    return out
+
+
+def test_device_semantics(emulated_world):
+    out = emulated_world(2).run(device_semantics)[0]
+    assert (out["count"], out["current"]) == (2, 0), "a rank sees the devices it leased; it is bound to npu:<rank>"
+    assert out["placed"] == ["npu:1"] * 7, "results land on the inputs' device, through the CPU fallback too"
+    assert out["mixed"].startswith("Expected all tensors to be on the same device, but found at least two "
+                                   "devices, npu:1 and cpu!")
+    assert "npu:1 and npu:0" in out["two devices"]
+    assert out["round trip"] and out["not a cpu tensor"] == (False, "npu")
+    assert out["view writes through"] == 42.0
+    assert out["set_device"] == (1, "npu:1")
+    assert (out["allocated"], out["freed"], out["peak"]) == (4000, 0, 4000), "the allocator counts bytes exactly"
+    assert out["reserved at least"] and out["mem_get_info"] and out["elapsed ms >= 0"]
+    assert out["bad index"].startswith("npu:2 is not an emulated device: 2 device(s)")
+
+
+# --- a world on the emulated device -----------------------------------------------------------------
+
+def collectives_over_hccl():
+    """The suites' collectives on npu tensors, on the default group and on a new hccl group."""
+    ctx = rank_context()
+    rank, device = ctx.rank, ctx.device
+    out = {"device": device, "platform": (ctx.platform, ctx.backend), "backend": dist.get_backend(),
+           "hccl ports": all(os.environ.get(v) for v in ("HCCL_IF_BASE_PORT", "HCCL_HOST_SOCKET_PORT_RANGE",
+                                                        "HCCL_NPU_SOCKET_PORT_RANGE")),
+           "visible": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "device_index": ctx.device_index}
+    t = torch.full((2,), rank + 1.0, device=device)
+    dist.all_reduce(t)
+    out["all_reduce"] = (str(t.device), t.tolist())
+    gathered = torch.empty(4, device=device)
+    dist.all_gather_into_tensor(gathered, torch.full((2,), float(rank), device=device))
+    out["all_gather_into_tensor"] = gathered.tolist()
+    chunks = [torch.empty(1 + r, device=device) for r in range(2)]
+    dist.all_gather(chunks, torch.full((1 + rank,), float(rank), device=device))  # unequal, as HCCL allows
+    out["all_gather unequal"] = [c.tolist() for c in chunks]
+    scattered = torch.empty(2, device=device)
+    dist.reduce_scatter_tensor(scattered, torch.arange(4.0, device=device))
+    out["reduce_scatter_tensor"] = scattered.tolist()
+    exchanged = torch.empty(2, device=device)
+    dist.all_to_all_single(exchanged, torch.tensor([10.0 * rank, 10.0 * rank + 1], device=device))
+    out["all_to_all_single"] = exchanged.tolist()
+    sent = torch.full((3,), float(rank), device=device)
+    dist.broadcast(sent, src=1)
+    out["broadcast"] = sent.tolist()
+    received = torch.empty(2, device=device)
+    peer = 1 - rank
+    for work in dist.batch_isend_irecv([dist.P2POp(dist.irecv, received, peer),  # receive first on both ranks
+                                        dist.P2POp(dist.isend, torch.full((2,), rank + 5.0, device=device), peer)]):
+        work.wait()
+    out["batch_isend_irecv"] = (str(received.device), received.tolist())
+    objects = [None, None]
+    dist.all_gather_object(objects, {"rank": rank})
+    out["all_gather_object"] = objects
+    group = dist.new_group([0, 1], backend="hccl")
+    one = torch.ones(1, device=device)
+    dist.all_reduce(one, group=group)
+    out["new_group"] = (dist.get_backend(group), one.item())
+    try:
+        dist.all_reduce(torch.ones(2))
+        out["cpu tensor"] = "no error"
+    except RuntimeError as exc:
+        out["cpu tensor"] = str(exc)
+    dist.barrier()
+    return out
+
+
+def test_collectives_of_npu_tensors_through_hccl(emulated_world):
+    ranks = emulated_world(2).run(collectives_over_hccl)
+    for rank, out in enumerate(ranks):
+        assert out["device"] == f"npu:{rank}" and out["platform"] == ("npu-emulated", "hccl")
+        assert out["backend"] == "hccl" and out["hccl ports"]
+        assert out["visible"].split(",")[rank] == str(out["device_index"])
+        assert out["all_reduce"] == (f"npu:{rank}", [3.0, 3.0])
+        assert out["all_gather_into_tensor"] == [0.0, 0.0, 1.0, 1.0]
+        assert out["all_gather unequal"] == [[0.0], [1.0, 1.0]]
+        assert out["reduce_scatter_tensor"] == [[0.0, 2.0], [4.0, 6.0]][rank]
+        assert out["all_to_all_single"] == [[0.0, 10.0], [1.0, 11.0]][rank]
+        assert out["broadcast"] == [1.0, 1.0, 1.0]
+        assert out["batch_isend_irecv"] == (f"npu:{rank}", [6.0 - rank] * 2)
+        assert out["all_gather_object"] == [{"rank": 0}, {"rank": 1}]
+        assert out["new_group"] == ("hccl", 2.0)
+        assert out["cpu tensor"].startswith("hccl (emulated) all_reduce: tensors must be on an npu device, got one "
+                                            "on cpu")
+
+
+# --- the records of a session -----------------------------------------------------------------------
+
+def test_records_say_golden_ops_on_the_emulated_device(pytester, emulated_runner, monkeypatch):
+    """A session on npu-emulated labels every record ops=golden, device=emulated, and its environment
+    names the emulation."""
+    monkeypatch.setenv(build.CACHE_ENV, _USER_CACHE)  # pytester's HOME is a new directory: keep the build
+    pytester.makepyfile(test_one="def test_nothing():\n    pass\n")
+    run = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--platform", "npu-emulated",
+                                        "--results-dir=results", timeout=300)
+    run.assert_outcomes(passed=1)
+    document = json.loads((pytester.path / "results.json").read_text())
+    (record,) = document["tests"]
+    assert (record["ops"], record["device"]) == ("golden", "emulated")
+    assert document["environment"]["platform"] == "npu-emulated"
+    assert document["environment"]["emulation"].startswith("npu-emulated: ")
