@@ -252,6 +252,63 @@ def test_collectives_of_npu_tensors_through_hccl(emulated_world):
                                             "on cpu")
 
 
+# --- the torch_npu stand-in on the emulated device ---------------------------------------------------
+
+def _dispatch_and_combine(torch_npu, x, ids, weights, group, rank):
+    """One MC2 round trip through the stand-in's golden ops, as vllm-ascend calls them (group by HCCL name)."""
+    name = group._get_backend(torch.device("npu")).get_hccl_comm_name(rank)
+    expand_x, _, assist, counts, recv_counts, _, _ = torch_npu.npu_moe_distribute_dispatch_v2(
+        x, ids, name, 2, rank, 4, expert_token_nums_type=1)
+    combined = torch_npu.npu_moe_distribute_combine_v2(expand_x * 2, ids, assist, recv_counts, weights, name, 2, rank, 4)
+    return expand_x, counts, combined
+
+
+def standin_golden_ops_on_npu_tensors():
+    """The stand-in activated in an emulated rank: its torch.npu is the device's, its golden ops run on npu
+    tensors (local and collective, over hccl) and give what they give on the host over gloo."""
+    from ascend_conformance.sut import standin
+
+    ops = standin.activate("A3")
+    import torch_npu
+
+    rank, device = rank_context().rank, rank_context().device
+    out = {"ops": ops, "torch.npu": torch_npu.npu is torch.npu and torch.npu.is_available(),
+           "soc": torch_npu.npu.get_soc_version()}
+    generator = torch.Generator().manual_seed(rank)
+    x = torch.randn(3, 8, generator=generator)
+    ids = torch.tensor([[0, 2], [3, 1], [2, 0]], dtype=torch.int32)
+    weights = torch.rand(3, 2, generator=generator)
+    routed = torch_npu.npu_moe_init_routing_v2(x.to(device), ids.to(device), expert_num=4, expert_tokens_num_type=1,
+                                               expert_tokens_num_flag=True, active_num=6)
+    custom = torch.ops._C_ascend.npu_moe_init_routing_custom(x.to(device), ids.to(device), expert_num=4,
+                                                             expert_tokens_num_type=1, expert_tokens_num_flag=True,
+                                                             active_num=6, quant_mode=-1)
+    host_routed = torch_npu.npu_moe_init_routing_v2(x, ids, expert_num=4, expert_tokens_num_type=1,
+                                                    expert_tokens_num_flag=True, active_num=6)
+    out["routing on"] = sorted({str(t.device) for t in (*routed[:3], *custom[:3])})
+    out["routing as on the host"] = all(torch.equal(a.cpu(), b) for a, b in zip(routed[:3], host_routed[:3]))
+    on_npu = _dispatch_and_combine(torch_npu, x.to(device), ids.to(device), weights.to(device),
+                                   dist.new_group([0, 1], backend="hccl"), rank)
+    on_host = _dispatch_and_combine(torch_npu, x, ids, weights, dist.new_group([0, 1], backend="gloo"), rank)
+    out["mc2 on"] = sorted({str(t.device) for t in on_npu})
+    out["mc2 as on the host"] = all(torch.equal(a.cpu(), b) for a, b in zip(on_npu, on_host))
+    try:
+        from torch_npu import npu_fusion_attention  # transformers imports it once torch.npu is available
+        npu_fusion_attention(x.to(device))
+        out["unmodelled"] = "no error"
+    except NotImplementedError as exc:
+        out["unmodelled"] = str(exc)
+    return out
+
+
+def test_standin_golden_ops_run_on_npu_tensors(emulated_world):
+    for rank, out in enumerate(emulated_world(2, pool="standin").run(standin_golden_ops_on_npu_tensors)):
+        assert (out["ops"], out["torch.npu"], out["soc"]) == ("golden", True, 250)
+        assert out["routing on"] == [f"npu:{rank}"] and out["routing as on the host"]
+        assert out["mc2 on"] == [f"npu:{rank}"] and out["mc2 as on the host"]
+        assert out["unmodelled"].startswith("torch_npu stand-in: no golden model of npu_fusion_attention")
+
+
 # --- the records of a session -----------------------------------------------------------------------
 
 def test_records_say_golden_ops_on_the_emulated_device(pytester, emulated_runner, monkeypatch):
