@@ -56,6 +56,39 @@ def emulated_world(emulated_runner, request):
     return make
 
 
+# --- the platform -------------------------------------------------------------------------------------
+
+def test_npu_emulated_is_chosen_never_detected(monkeypatch):
+    monkeypatch.setenv(platforms.PLATFORM_ENV, "npu-emulated")
+    plat = platforms.detect()
+    assert (plat.name, plat.backend, plat.device_type, plat.visible_devices_env, plat.record_device,
+            plat.virtual_devices) == ("npu-emulated", "hccl", "npu", "ASCEND_RT_VISIBLE_DEVICES", "emulated", True)
+    assert plat.rank_environment([3], 5, 30000) == platforms.NpuPlatform().rank_environment([3], 5, 30000)
+    assert plat.device_count() == plat.slots, "the leasing process never loads the device: its count is --devices"
+    monkeypatch.delenv(platforms.PLATFORM_ENV)
+    assert platforms.detect().name != "npu-emulated"
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, 8), ({"ASCEND_CONFORMANCE_EMULATED_DEVICES": "4"}, 4),
+    ({"ASCEND_RT_VISIBLE_DEVICES": "3,5", "ASCEND_CONFORMANCE_EMULATED_DEVICES": "4"}, 2),
+    ({"ASCEND_RT_VISIBLE_DEVICES": "3,x"}, "ASCEND_RT_VISIBLE_DEVICES must be a comma-separated list of device ids, "
+                                          "got '3,x'"),
+    ({"ASCEND_CONFORMANCE_EMULATED_DEVICES": "0"}, "ASCEND_CONFORMANCE_EMULATED_DEVICES must be a device count >= 1, "
+                                                   "got '0'"),
+])
+def test_how_many_devices_a_process_sees(environ, expected):
+    from ascend_conformance.emulation.device import configured_device_count
+    from ascend_conformance.errors import ConfigError
+
+    if isinstance(expected, int):
+        assert configured_device_count(environ) == expected
+    else:
+        with pytest.raises(ConfigError) as raised:
+            configured_device_count(environ)
+        assert str(raised.value) == expected
+
+
 # --- the build ------------------------------------------------------------------------------------
 
 def test_build_key_names_torch_python_and_the_sources():
