@@ -101,11 +101,10 @@ def test_concurrent_first_builds_compile_once_and_leave_no_partial_build(tmp_pat
     """Four processes' worth of first users at once: one compiles (into a private directory renamed into
     place), the others wait on the lock and get the same finished build."""
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
-    compiles, inside = [], threading.Event()
+    compiles = []
 
     def fake_compile(final):  # what _compile_into promises: a complete directory appears atomically
         compiles.append(final)
-        inside.set()
         private = final + ".build-test"
         os.makedirs(private)
         with open(os.path.join(private, build.MODULE_NAME + ".so"), "wb") as handle:
@@ -171,6 +170,7 @@ def device_semantics():
         out["two devices"] = str(exc).splitlines()[0]
     host = torch.randn(4, 5)
     out["round trip"] = torch.equal(host.to("npu:1").to("npu:0").cpu(), host)
+    out["broadcast copy"] = torch.zeros(3, device="npu:1").copy_(torch.tensor(2.0)).tolist()
     out["not a cpu tensor"] = (one.is_cpu, one.device.type)
     view = one.view(-1)
     view[0] = 42.0  # a view shares storage: the write shows through the base
@@ -209,6 +209,7 @@ def test_device_semantics(emulated_world):
                                    "devices, npu:1 and cpu!")
     assert "npu:1 and npu:0" in out["two devices"]
     assert out["round trip"] and out["not a cpu tensor"] == (False, "npu")
+    assert out["broadcast copy"] == [2.0, 2.0, 2.0]
     assert out["view writes through"] == 42.0
     assert out["set_device"] == (1, "npu:1")
     assert (out["allocated"], out["freed"], out["peak"]) == (4000, 0, 4000), "the allocator counts bytes exactly"

@@ -210,10 +210,10 @@ at::Tensor host_alias(const at::Tensor& t) {
   return at::from_blob(t.data_ptr(), t.sizes(), t.strides(), at::TensorOptions().dtype(t.scalar_type()));
 }
 
+// copy_ between devices (host<->npu, npu:i<->npu:j) lands here; the CPU copy_ broadcasts `self` to
+// `dst` and converts dtypes, as copy_ does on any device.
 at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool /*non_blocking*/) {
-  TORCH_CHECK(self.sizes() == dst.sizes(), "copy from ", self.device().str(), " to ", dst.device().str(),
-              ": sizes differ, ", self.sizes(), " vs ", dst.sizes());
-  if (self.numel() == 0) return dst;
+  if (dst.numel() == 0) return dst;
   at::Tensor out = host_alias(dst);
   out.copy_(host_alias(self));
   return dst;
