@@ -141,6 +141,17 @@ def test_no_compiler_is_one_line_naming_it(tmp_path, monkeypatch):
     assert platforms.by_name("npu-emulated").unavailable_reason() == str(raised.value)
 
 
+def test_an_unwritable_cache_is_one_line_naming_it(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv(build.CACHE_ENV, str(blocked / "cache"))
+    with pytest.raises(build.BuildUnavailable) as raised:
+        build.ensure_built()
+    assert str(raised.value) == (f"cannot build the emulated npu device: the cache directory {blocked / 'cache'} "
+                                 f"cannot be made (Not a directory); set ASCEND_CONFORMANCE_CACHE to a writable "
+                                 f"directory")
+
+
 def test_the_extension_is_built_and_cached():
     """The real build (cold on a new machine, else from the per-user cache); a second ask is a cache hit."""
     if build.missing_tools():

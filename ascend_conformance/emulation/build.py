@@ -99,7 +99,11 @@ def ensure_built() -> tuple[str, float]:
         return found, 0.0
     from filelock import FileLock
 
-    os.makedirs(cache_root(), exist_ok=True)
+    try:
+        os.makedirs(cache_root(), exist_ok=True)
+    except OSError as exc:
+        raise BuildUnavailable(f"cannot build the emulated npu device: the cache directory {cache_root()} cannot be "
+                               f"made ({exc.strerror or exc}); set {CACHE_ENV} to a writable directory") from None
     with FileLock(final + ".lock"):
         found = _shared_object(final)  # another process built it while this one waited
         if found:
