@@ -20,14 +20,14 @@ A record (``SCHEMA`` 1) holds: ``nodeid``, ``area`` / ``feature`` / ``story`` (t
 suite's area, the op or method under test, the configuration), ``sut`` (the system under test's label:
 ``reference``, ``vllm 0.23.0``, ``vllm_ascend 0.23.0.post1``) and ``ops`` (``golden`` or ``torch_npu``:
 what ran the torch_npu leaf ops; ``device_type`` too when the test said which one a stand-in emulated),
-``device`` (what the tensors were on: ``cpu``, ``cuda``, ``npu``, or ``emulated`` on the npu-emulated
-platform; absent in records written before it existed),
 ``outcome`` (one of ``OUTCOMES``), ``reason`` (skip reason, the first line of the failure, or the xfail
 reason: a known divergence's finding and reference), ``observed`` (an xfailed test's own failure line),
 ``longrepr``, ``duration``, ``start`` / ``stop`` (epoch seconds), ``worker``, ``session``, ``markers``,
 ``params``, ``figures`` (``name``, ``value``, ``unit``), ``attachments`` (``name``, ``kind``, ``text``),
 ``findings`` (``subject``, ``rule``, ``kind``, ``text``), ``properties`` (pytest's ``record_property``
 pairs) and ``repro``. Records written before ``sut`` existed read as ``reference``.
+Every record also says what its tensors were on: ``device`` (``cpu``, ``cuda``, ``npu``, or ``emulated``
+on the npu-emulated platform; absent in records written before it existed).
 
 Verdicts (per area, per system under test and area, per system under test, overall): ``fail`` when a
 test failed or errored (more tests cannot undo a failure), else ``incomplete`` when a collected test
