@@ -59,6 +59,26 @@ def test_an_emulated_run_still_reports_what_the_checks_find():
     assert report.exit_code == 3
 
 
+def _mustpass(report: verify.Report, tests: list[dict]) -> None:
+    listed = types.SimpleNamespace(tests=[t["nodeid"] for t in tests], version="0.1.0", profile="npu-a3")
+    bundle = types.SimpleNamespace(index={}, names=lambda prefix, suffix: [])
+    verify._check_mustpass(bundle, {"tests": tests}, listed, profiles.get("npu-a3"), {}, report)
+
+
+def test_without_torch_npu_the_golden_vs_real_skips_are_allowed_only_when_emulated():
+    skipped = [_record("suites/test_moe_ops.py::test_real", outcome="skipped",
+                       reason="torch_npu not installed (pip install -e .[npu] on an NPU host)"),
+               _record("suites/test_moe_ops.py::test_other", outcome="skipped", reason="no reason the profile allows")]
+    emulated = verify.Report("b", emulated=True)
+    _mustpass(emulated, skipped)
+    assert [text for _, text in emulated.problems] == [
+        "suites/test_moe_ops.py::test_other: no reason the profile allows (not a skip profile npu-a3 allows)"]
+    assert "1 allowed skip(s): the golden-vs-real torch_npu comparisons need an NPU host" in emulated.summary[-1]
+    real = verify.Report("b")
+    _mustpass(real, skipped)
+    assert len(real.problems) == 2, "on an NPU host torch_npu must be there"
+
+
 def test_npu_emulated_does_not_stand_in_for_the_cpu_profile():
     report = _check(EMULATED_ENVIRONMENT | {"backend": "gloo"}, [_record("suites/test_a.py::test_one")],
                     "cpu-reference")
