@@ -11,6 +11,9 @@ PYTEST ?= $(PYTHON) -m pytest
 STACK ?= pinned
 # Parallel workers for the conformance run; on an 8-NPU host use `make conformance WORKERS=8`.
 WORKERS ?= 2
+# The platform of the conformance run (pytest --platform): empty = detected; npu-emulated runs the NPU code
+# path on this CPU host (docs/emulation.md).
+PLATFORM ?=
 REPORTS ?= reports
 export TORCH_DEVICE_BACKEND_AUTOLOAD = 0
 
@@ -34,7 +37,7 @@ setup-browser:
 			|| echo "setup-browser: apt-get failed; the browser test will skip"; \
 	else echo "setup-browser: no chromium/chromedriver and no root apt-get; the browser test will skip"; fi
 
-# The conformance suites on the detected platform (cpu/gloo here), results under reports/: JUnit XML,
+# The conformance suites on the detected platform (cpu/gloo here; PLATFORM=... to choose), results under reports/: JUnit XML,
 # allure-results, per-test records (results/, merged into results.json) and the HTML report index.html,
 # which is built even when tests fail (the exit status is pytest's).
 # (Not --clean-alluredir: every xdist worker applies it when it starts, so a worker restarted after a
@@ -42,8 +45,8 @@ setup-browser:
 conformance: setup
 	mkdir -p $(REPORTS)
 	rm -rf $(REPORTS)/allure-results
-	$(PYTEST) suites/ -n $(WORKERS) --junitxml=$(REPORTS)/junit.xml --alluredir=$(REPORTS)/allure-results \
-		--results-dir=$(REPORTS)/results --clean-results; \
+	$(PYTEST) suites/ -n $(WORKERS) $(if $(PLATFORM),--platform $(PLATFORM)) --junitxml=$(REPORTS)/junit.xml \
+		--alluredir=$(REPORTS)/allure-results --results-dir=$(REPORTS)/results --clean-results; \
 	status=$$?; $(REPORT); exit $$status
 
 # reports/index.html from the result records and every benchmark JSON under reports/.

@@ -6,8 +6,9 @@ events and memory statistics. The rest of the suite asks ``platform.get()`` and 
 device type itself.
 
 Detection (``detect()``): npu when ``torch_npu`` imports and sees a device, else cuda when CUDA sees a
-device, else cpu. ``ASCEND_CONFORMANCE_PLATFORM=cpu|cuda|npu`` (or pytest's ``--platform``) overrides
-it; an overridden platform that cannot be used is reported by ``unavailable_reason()`` — the fixtures
+device, else cpu. ``ASCEND_CONFORMANCE_PLATFORM=cpu|cuda|npu|npu-emulated`` (or pytest's ``--platform``)
+overrides it; ``npu-emulated`` (the NPU code path on a CPU host, ``docs/emulation.md``) is never detected,
+only chosen; an overridden platform that cannot be used is reported by ``unavailable_reason()`` — the fixtures
 turn that into a skip reason, the CLI into ``error: ...``.
 
 torch_npu is imported lazily and guarded: on a machine without CANN its import raises (``libhccl.so:
@@ -38,7 +39,7 @@ PORTS_PER_BLOCK = 16
 PORT_BLOCKS = 512
 KIND_STRIDE = PORTS_PER_BLOCK * PORT_BLOCKS
 PORT_SPAN = 3 * KIND_STRIDE  # ports used above --hccl-port-base
-PLATFORM_NAMES = ("cpu", "cuda", "npu")
+PLATFORM_NAMES = ("cpu", "cuda", "npu", "npu-emulated")
 
 
 @dataclasses.dataclass
@@ -56,6 +57,10 @@ class Platform:
     backend: str = ""  # torch.distributed backend of the device group
     device_type: str = ""  # torch device type
     visible_devices_env: str | None = None  # variable that masks devices, None on cpu
+    # Devices the suite makes up (cpu lease slots, emulated NPUs): their count is --devices, their leases
+    # are the session's own, and their ranks share the host's cores.
+    virtual_devices: bool = False
+    record_device: str = ""  # the `device` of every result record: cpu, cuda, npu or emulated
 
     # --- availability -------------------------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -175,6 +180,7 @@ class EventTimer(Timer):
 
 class CpuPlatform(Platform):
     name, backend, device_type = "cpu", "gloo", "cpu"
+    virtual_devices, record_device = True, "cpu"
     # CPU "devices" are slots of the lease pool (pytest --devices N); ranks share the cores.
     slots = 8
 
@@ -284,6 +290,7 @@ class _AcceleratorPlatform(Platform):
 
 class CudaPlatform(_AcceleratorPlatform):
     name, backend, device_type = "cuda", "nccl", "cuda"
+    record_device = "cuda"
     visible_devices_env = "CUDA_VISIBLE_DEVICES"
 
     def unavailable_reason(self) -> str | None:
@@ -296,6 +303,7 @@ class CudaPlatform(_AcceleratorPlatform):
 
 class NpuPlatform(_AcceleratorPlatform):
     name, backend, device_type = "npu", "hccl", "npu"
+    record_device = "npu"
     visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
 
     def _module(self):
@@ -342,6 +350,54 @@ class NpuPlatform(_AcceleratorPlatform):
         return out
 
 
+class EmulatedNpuPlatform(NpuPlatform):
+    """npu-emulated: the NPU code path on a CPU host (``ascend_conformance.emulation``, docs/emulation.md).
+
+    Ranks bind ``npu:k`` of an emulated device (PrivateUse1 on host memory), join worlds with the
+    emulated ``hccl`` backend, and read timing events and memory statistics from the emulated
+    allocator; the HCCL port variables and the visible-devices mask are set as on an NPU host. The
+    process that leases (pytest itself) only builds the extension, so it never becomes an ``npu``
+    process: the device count there is ``slots`` (pytest's ``--devices``). The torch_npu ops are the
+    golden models (the stand-in), so every record says ``ops = golden`` and ``device = emulated``.
+    """
+
+    name = "npu-emulated"
+    virtual_devices, record_device = True, "emulated"
+    slots = 8
+
+    def _module(self):
+        from ascend_conformance import emulation
+
+        return emulation.install()
+
+    def unavailable_reason(self) -> str | None:
+        from ascend_conformance import emulation
+
+        try:
+            emulation.ensure_built()
+        except emulation.BuildUnavailable as exc:
+            return str(exc)
+        return None
+
+    def device_count(self) -> int:
+        from ascend_conformance import emulation
+
+        return self._module().device_count() if emulation.installed() else self.slots
+
+    def device_names(self) -> list[str]:
+        from ascend_conformance.emulation.device import DEVICE_NAME
+
+        return [DEVICE_NAME] * self.device_count()
+
+    def versions(self) -> dict[str, str]:
+        from ascend_conformance.emulation import build
+
+        out = Platform.versions(self)
+        out["emulation"] = f"npu-emulated: PrivateUse1 'npu' on host memory, hccl over gloo ({build.build_key()})"
+        out["torch_npu"] = "not used: the emulated device runs the torch_npu stand-in's golden ops"
+        return out
+
+
 @functools.lru_cache(maxsize=None)
 def torch_npu_import_error() -> str | None:
     """None when torch_npu imports; else the one-line reason (the skip reason of every NPU-only check)."""
@@ -376,7 +432,7 @@ def _cann_version() -> str:
     return "not found"
 
 
-_PLATFORMS = {"cpu": CpuPlatform, "cuda": CudaPlatform, "npu": NpuPlatform}
+_PLATFORMS = {"cpu": CpuPlatform, "cuda": CudaPlatform, "npu": NpuPlatform, "npu-emulated": EmulatedNpuPlatform}
 
 
 def by_name(name: str) -> Platform:

@@ -93,6 +93,13 @@ class Profile:
 
 
 _TORCH_NPU_MISSING = "the golden-vs-real torch_npu comparisons need an NPU host"
+# Skips of a host without the real torch_npu: allowed by cpu-reference, and inherent to an npu profile run on
+# the emulated npu (acceptance/verify.py: its verdict is EMULATED anyway).
+TORCH_NPU_MISSING_SKIPS = (
+    AllowedSkip(r"torch_npu not importable: ", _TORCH_NPU_MISSING),
+    AllowedSkip(r"torch_npu not installed", _TORCH_NPU_MISSING),
+    AllowedSkip(r"torch_npu imported but no NPU device is visible", _TORCH_NPU_MISSING),
+)
 # suites/test_sut_groups.py skips a GroupCoordinator case it cannot check, naming where and why, after
 # checking it wherever it can. On CPU, vLLM's platform has no device communicator, so the v-collectives are
 # not offered at all; on every platform broadcast_object from a rank other than 0 is refused where a
@@ -114,9 +121,7 @@ CPU_REFERENCE = Profile(
     areas=CONFORMANCE_AREAS, tiers=("default",), suts=ALL_SUTS, device_type=None,
     platform="cpu", backend="gloo", ops="golden", soc_prefixes=(), min_devices=8,
     allowed_skips=(
-        AllowedSkip(r"torch_npu not importable: ", _TORCH_NPU_MISSING),
-        AllowedSkip(r"torch_npu not installed", _TORCH_NPU_MISSING),
-        AllowedSkip(r"torch_npu imported but no NPU device is visible", _TORCH_NPU_MISSING),
+        *TORCH_NPU_MISSING_SKIPS,
         AllowedSkip(r"gloo does not support all_reduce AVG on int(32|64) ",
                     "a known gap of gloo (KNOWN_BACKEND_GAPS of suites/test_collectives.py)"),
         _COORDINATOR_ON_CPU,

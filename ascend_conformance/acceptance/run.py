@@ -102,7 +102,22 @@ def _pytest_command(python: str, checkout: Checkout, profile: Profile, work: str
     return [python, "-m", "pytest", "suites", "-p", "no:cacheprovider", "-p", mustpass.PLUGIN,
             f"--rootdir={checkout.root}", f"--acceptance-list={os.path.join(work, 'mustpass.txt')}",
             f"--junitxml={os.path.join(work, junit)}", f"--alluredir={os.path.join(work, 'allure-results')}",
-            f"--results-dir={os.path.join(work, 'results')}", *mustpass.collection_args(profile), *selection]
+            f"--results-dir={os.path.join(work, 'results')}", *platform_args(profile), *selection]
+
+
+def platform_args(profile: Profile) -> list[str]:
+    """The profile's collection options; under ``ASCEND_CONFORMANCE_PLATFORM=npu-emulated`` an npu profile
+    runs on the emulated npu instead (its bundle's verdict is then EMULATED: docs/emulation.md)."""
+    from ascend_conformance import platform as platforms
+
+    args = mustpass.collection_args(profile)
+    if os.environ.get(platforms.PLATFORM_ENV) != "npu-emulated":
+        return args
+    if profile.platform != "npu":
+        raise ConfigError(f"npu-emulated stands in for the npu profiles only; profile {profile.name} runs on "
+                          f"platform {profile.platform}")
+    at = args.index("--platform")
+    return args[:at] + ["--platform", "npu-emulated"] + args[at + 2:]
 
 
 def _session(console: _Console, python: str, checkout: Checkout, profile: Profile, work: str, name: str, junit: str,
@@ -130,6 +145,7 @@ def run(checkout: Checkout, profile: Profile, out: str, workers: int | None = No
     python = python or sys.executable
     version = suite_version()
     listed = mustpass.committed(checkout, version, profile)
+    platform_args(profile)  # an emulated run of a profile it cannot stand in for is refused before anything runs
     workers = profile.workers if workers is None else workers
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")

@@ -19,6 +19,15 @@ A bundle is acceptable when every one of these holds (each failure is one proble
 
 The bundle's contents are what the run reported: the checks make a hand-edited or incomplete bundle
 visible, they do not prove a run happened (a reviewer still reads the console log and report).
+
+A bundle of an npu profile run on the **npu-emulated** platform (``docs/emulation.md``) is judged with
+every check, and its verdict is ``EMULATED`` (exit :data:`EXIT_EMULATED`) whatever the checks found: an
+emulated host never signs off a release. What emulation cannot give is noted once instead of being a
+problem (the platform npu-emulated in place of npu, golden ops in place of torch_npu, no SoC / CANN /
+driver / firmware / torch_npu, and so the golden-vs-real comparisons skip, counted as allowed skips);
+every record must then say ``device = emulated``. The problems the checks
+find are listed below the verdict, as for a real host, so an emulated run shows what an NPU host's run
+of the same list would still have to fix.
 """
 from __future__ import annotations
 
@@ -40,6 +49,8 @@ NPU_REAL_VALUES = ("soc", "driver", "firmware", "cann", "torch_npu")
 _ABSENT_PREFIXES = ("not ", "unknown", "n/a", "none")
 EXIT_STATUS = {0: "all tests passed", 1: "some tests failed", 2: "interrupted", 3: "internal error",
                4: "usage error", 5: "no tests collected"}
+EXIT_ACCEPTABLE, EXIT_NOT_ACCEPTABLE, EXIT_UNREADABLE, EXIT_EMULATED = 0, 1, 2, 3
+EMULATED_PLATFORM = "npu-emulated"  # stands in for the npu platform (platform.EmulatedNpuPlatform)
 REQUIRED_MEMBERS = ("manifest.json", "mustpass.txt", "environment.json", "results.json", "console.log", "index.html")
 PER_KIND_SHOWN = 10
 
@@ -50,10 +61,18 @@ class Report:
     summary: list[str] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (kind, text)
     notes: list[str] = dataclasses.field(default_factory=list)
+    emulated: bool = False  # the run was on npu-emulated: never acceptable, whatever the checks found
 
     @property
     def acceptable(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.emulated
+
+    @property
+    def exit_code(self) -> int:
+        """0 acceptable, 1 not acceptable (problems), 3 emulated (never a sign-off)."""
+        if self.emulated:
+            return EXIT_EMULATED
+        return EXIT_ACCEPTABLE if self.acceptable else EXIT_NOT_ACCEPTABLE
 
     def problem(self, kind: str, text: str) -> None:
         self.problems.append((kind, text))
@@ -62,10 +81,15 @@ class Report:
         lines = list(self.summary)
         for note in self.notes:
             lines.append(f"note     {note}")
-        if self.acceptable:
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        if self.emulated:
+            lines.append(f"verdict  EMULATED: run on an emulated npu, which never signs off a release; the checks "
+                         f"found {count}{' (below)' if self.problems else ''}")
+        elif self.acceptable:
             lines.append("verdict  ACCEPTABLE")
             return "\n".join(lines)
-        lines.append(f"verdict  NOT ACCEPTABLE: {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}")
+        else:
+            lines.append(f"verdict  NOT ACCEPTABLE: {count}")
         shown: dict[str, int] = {}
         hidden: dict[str, int] = {}
         for kind, text in self.problems:
@@ -305,7 +329,12 @@ def _check_environment(bundle, merged: dict, profile, report: Report) -> dict:
         if str(environment.get(field, "")).strip() == "":
             report.problem("environment", f"environment.json names no {field}")
     platform, backend = environment.get("platform"), environment.get("backend")
-    if platform and platform != profile.platform:
+    emulated = platform == EMULATED_PLATFORM and profile.platform == "npu"
+    if emulated:
+        report.emulated = True
+        report.notes.append(f"emulated: platform {EMULATED_PLATFORM} stands in for {profile.platform}; golden ops in "
+                            f"place of {profile.ops}, and no SoC, CANN, driver, firmware or torch_npu to check")
+    elif platform and platform != profile.platform:
         report.problem("environment", f"platform {platform}: profile {profile.name} runs on platform "
                                       f"{profile.platform}")
     if backend and backend != profile.backend:
@@ -317,12 +346,12 @@ def _check_environment(bundle, merged: dict, profile, report: Report) -> dict:
     if environment.get("device_count") not in (None, "") and (devices is None or devices < profile.min_devices):
         report.problem("environment", f"device_count {environment.get('device_count')}: profile {profile.name} needs "
                                       f">= {profile.min_devices}")
-    if profile.platform == "npu":
+    if profile.platform == "npu" and not emulated:
         for field in NPU_REAL_VALUES:
             if field in environment and _absent(environment[field]):
                 report.problem("environment", f"{field} is {environment[field]!r}: profile {profile.name} needs the "
                                               f"real NPU stack")
-    if profile.soc_prefixes and environment.get("soc") and not any(
+    if profile.soc_prefixes and not emulated and environment.get("soc") and not any(
             str(environment["soc"]).lower().startswith(p.lower()) for p in profile.soc_prefixes):
         report.problem("environment", f"SoC {environment['soc']} is not of profile {profile.name} "
                                       f"({' or '.join(p + '*' for p in profile.soc_prefixes)})")
@@ -337,11 +366,17 @@ def _check_environment(bundle, merged: dict, profile, report: Report) -> dict:
                                           f"{session_env[field]}")
     # The results must have been measured on this environment.
     tests = merged.get("tests") or []
+    ops = "golden" if emulated else profile.ops
     wrong_ops = [t["nodeid"] for t in tests
-                 if t.get("ops") and t["ops"] != profile.ops and t.get("outcome") != "skipped"]
+                 if t.get("ops") and t["ops"] != ops and t.get("outcome") != "skipped"]
     if wrong_ops:
-        report.problem("environment", f"{len(wrong_ops)} test(s) ran with ops other than {profile.ops} (profile "
-                                      f"{profile.name}), e.g. {wrong_ops[0]}")
+        report.problem("environment", f"{len(wrong_ops)} test(s) ran with ops other than {ops} (profile "
+                                      f"{profile.name}{' on an emulated npu' if emulated else ''}), e.g. {wrong_ops[0]}")
+    if emulated:
+        elsewhere = [t["nodeid"] for t in tests if t.get("device") != "emulated"]
+        if elsewhere:
+            report.problem("environment", f"{len(elsewhere)} test(s) do not say device emulated in an emulated run, "
+                                          f"e.g. {elsewhere[0]}")
     if profile.device_type:
         wrong_type = [t["nodeid"] for t in tests if t.get("device_type") and t["device_type"] != profile.device_type]
         if wrong_type:
@@ -395,6 +430,8 @@ def _check_mustpass(bundle, merged: dict, listed: mustpass.MustpassList, profile
             counts["not_in_release"] += 1
         elif outcome == "skipped":
             rule = profile.allowed_skip(reason)
+            if rule is None and report.emulated:  # no real torch_npu to compare with: inherent, as the golden ops
+                rule = next((r for r in profiles.TORCH_NPU_MISSING_SKIPS if r.matches(reason)), None)
             if rule is None:
                 report.problem("skipped", f"{nodeid}: {reason or 'no reason'} (not a skip profile {profile.name} "
                                           f"allows)")

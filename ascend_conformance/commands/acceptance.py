@@ -4,7 +4,7 @@
     acceptance list --profile P [--write]         the mustpass list the rules select today, against the committed one
     acceptance run --profile P [--out FILE]       run exactly P's committed list; write the bundle (tar.gz)
     acceptance verify FILE [--all]                check a bundle: exit 0 acceptable, 1 problems (a line each),
-                                                  2 unreadable
+                                                  2 unreadable, 3 emulated (npu-emulated never signs off)
     acceptance release                            write the release manifest of the suite version (a committed tree)
 
 Every subcommand takes ``--checkout DIR`` (default: the checkout the package is installed from).
@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
     running.add_argument("--workers", type=int, default=None,
                          help="pytest-xdist workers of the conformance session (default: the profile's; 0: none)")
     verifying = command("verify", "check a bundle: exit 0 acceptable, 1 with each problem on its own line, "
-                                  "2 unreadable")
+                                  "2 unreadable, 3 emulated (a run on npu-emulated never signs off a release)")
     verifying.add_argument("bundle", metavar="FILE")
     verifying.add_argument("--all", action="store_true", help="list every problem (default: 10 per kind)")
     verifying.add_argument("--releases", metavar="DIR", default=None,
@@ -136,7 +136,7 @@ def _run(args, checkout) -> int:
     print(f"\nacceptance: bundle written: {path}\n")
     report = verify.verify(path, checkout)
     print(report.render())
-    return 0 if report.acceptable else 1
+    return report.exit_code
 
 
 def _verify(args, checkout) -> int:
@@ -144,7 +144,7 @@ def _verify(args, checkout) -> int:
 
     report = verify.verify(args.bundle, checkout, args.releases)
     print(report.render(show_all=args.all))
-    return 0 if report.acceptable else 1
+    return report.exit_code
 
 
 def _release(args, checkout) -> int:

@@ -9,7 +9,9 @@ HELP = "print the detected platform, devices and versions (torch, torch_npu, CAN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--platform", choices=("cpu", "cuda", "npu"), default=None,
+    from ascend_conformance.platform import PLATFORM_NAMES
+
+    parser.add_argument("--platform", choices=PLATFORM_NAMES, default=None,
                         help="describe this platform instead of the detected one")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of lines")
 

@@ -173,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
     from ascend_conformance.moe.scenario_verdict import summarize
 
     plat = platforms.require(platforms.get())
-    if plat.name == "cpu":
-        plat.slots = max(plat.slots, scenario.world_size)  # cpu "devices" are lease slots over shared cores
+    if plat.virtual_devices:
+        plat.slots = max(plat.slots, scenario.world_size)  # cpu slots / emulated NPUs: made up, over shared cores
     # Ranks of a system under test fork with its heavy dependencies already imported.
     prestart_forkserver(["ascend_conformance.sut.dependency_preload"] if case is not None else [])
     with tempfile.TemporaryDirectory(prefix="ascend-conformance-moe-") as logs:

@@ -140,7 +140,7 @@ def _join_world(spec: RankSpec) -> str:
 
     plat = platforms.by_name(spec.platform)
     platforms.set_current(plat)
-    if plat.name == "cpu":
+    if plat.virtual_devices:
         # Many ranks share few cores: intra-op threads would only fight each other.
         torch.set_num_threads(1)
     local_rank = spec.rank  # the visible-devices mask holds exactly this pool's devices, in rank order

@@ -53,7 +53,7 @@ class WorldOptions:
 def default_max_warm_ranks(platform: Platform, physical_ids: tuple) -> int:
     """Accelerators: one warm rank per device this process may use (each holds a device context);
     cpu: CPU_MAX_WARM_RANKS."""
-    if platform.name == "cpu":
+    if platform.virtual_devices:  # cpu slots and emulated NPUs hold no device context
         return CPU_MAX_WARM_RANKS
     return max(1, len(physical_ids))
 
@@ -289,7 +289,7 @@ def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, m
     from ascend_conformance.harness.pool import prestart_forkserver
 
     plat = platforms.require(platform or platforms.get())
-    if plat.name == "cpu":
+    if plat.virtual_devices:
         plat.slots = max(plat.slots, min_cpu_slots)
     prestart_forkserver(preload)
     with tempfile.TemporaryDirectory(prefix="ascend-conformance-ranks-") as logs:

@@ -1,5 +1,6 @@
-"""What a result was measured on: platform, device model / SoC, driver, firmware, CANN, torch, torch_npu, the
-systems under test (vllm, vllm_ascend: release and where it comes from), host.
+"""What a result was measured on: platform (and, on npu-emulated, the emulation), device model / SoC,
+driver, firmware, CANN, torch, torch_npu, the systems under test (vllm, vllm_ascend: release and where it
+comes from), host.
 
 :func:`capture` returns a flat ``{name: str}`` mapping (the Allure environment, the HTML report's
 environment table, and the ``machine_info`` of benchmark JSON via :func:`machine_info`, whose
@@ -21,7 +22,7 @@ from importlib import metadata
 from ascend_conformance import platform as platforms
 
 # Display order of the fields; anything else captured follows in alphabetical order.
-FIELDS = ("platform", "backend", "device_model", "soc", "device_count", "driver", "firmware", "cann", "torch",
+FIELDS = ("platform", "backend", "emulation", "device_model", "soc", "device_count", "driver", "firmware", "cann", "torch",
           "torch_npu", "vllm", "vllm_origin", "vllm_ascend", "vllm_ascend_origin", "ascend_conformance", "python", "host",
           "os", "cpu", "git_commit")
 
@@ -101,6 +102,10 @@ def capture(platform: platforms.Platform | None = None) -> dict[str, str]:
     if plat.name == "cpu":
         env["device_model"] = _cpu_model()
         env["soc"] = "n/a (cpu platform)"
+    elif plat.record_device == "emulated":
+        env["device_model"] = str(devices[0]) if devices else "unknown"
+        # The stand-in emulates a device type per test (part of each SUT test id), never a real SoC.
+        env["soc"] = "none: emulated npu on the host (golden ops; device type A2 / A3 / A5 per test)"
     else:
         env["device_model"] = str(devices[0]) if devices else "unknown"
         env["soc"] = env["device_model"]  # torch_npu names the SoC (e.g. Ascend910B3) as the device name

@@ -27,6 +27,8 @@ reason: a known divergence's finding and reference), ``observed`` (an xfailed te
 ``params``, ``figures`` (``name``, ``value``, ``unit``), ``attachments`` (``name``, ``kind``, ``text``),
 ``findings`` (``subject``, ``rule``, ``kind``, ``text``), ``properties`` (pytest's ``record_property``
 pairs) and ``repro``. Records written before ``sut`` existed read as ``reference``.
+Every record also says what its tensors were on: ``device`` (``cpu``, ``cuda``, ``npu``, or ``emulated``
+on the npu-emulated platform; absent in records written before it existed).
 
 Verdicts (per area, per system under test and area, per system under test, overall): ``fail`` when a
 test failed or errored (more tests cannot undo a failure), else ``incomplete`` when a collected test

@@ -17,12 +17,17 @@ Rules that keep the stand-in honest:
   ``device_count()`` is 0 and the module carries ``__standin__`` (``platform`` refuses it with a reason);
 * the device type it emulates (A2, A3, A5: what vllm-ascend reads from its build info and from
   ``torch_npu.npu.get_soc_version()``) is chosen per run and reported with the result;
-* an op it has no model of raises AttributeError naming the op: nothing computes "something close".
+* an op it has no model of raises AttributeError naming the op (on the emulated device, where libraries
+  import torch_npu ops at module level, the name imports and calling it raises NotImplementedError naming
+  it): nothing computes "something close".
 
 What it provides besides the ops, each as a real torch_npu host would have it:
 
 * the device name ``npu`` (``torch.device("npu")`` parses, as after torch_npu renames PrivateUse1), with
-  no device behind it: tensors stay on the CPU (``torch.npu.current_device()`` is the CPU device);
+  no device behind it: tensors stay on the CPU (``torch.npu.current_device()`` is the CPU device). On the
+  npu-emulated platform the emulated device (``ascend_conformance.emulation``) is installed first and is
+  the device: ``torch_npu.npu`` is its ``torch.npu`` plus ``get_soc_version``, and the golden ops run on
+  ``npu`` tensors;
 * HCCL communicator names: torch_npu's collective MoE ops take the communicator *name* that
   ``group._get_backend(torch.device("npu")).get_hccl_comm_name(rank)`` returns (vllm-ascend's token
   dispatchers ask exactly that). Here the gloo groups answer with a name the stand-in registers
@@ -300,7 +305,17 @@ def _soc_version() -> int:
 
 
 def npu_module() -> types.ModuleType:
-    """``torch_npu.npu`` / ``torch.npu`` of the stand-in: streams and events, no device."""
+    """``torch_npu.npu`` / ``torch.npu`` of the stand-in: streams and events, no device; on the emulated
+    device, its ``torch.npu`` with the SoC version added."""
+    from ascend_conformance.emulation import installed as emulated_device_installed
+
+    if emulated_device_installed():
+        import torch
+
+        npu = torch.npu
+        npu.get_soc_version = _soc_version
+        sys.modules["torch_npu.npu"] = npu
+        return npu
     npu = types.ModuleType("torch_npu.npu")
     npu.__doc__ = "torch.npu of the conformance stand-in: no device; streams and events order nothing."
     npu.Stream = _Stream
@@ -366,6 +381,17 @@ def golden_op(name: str):
             if "group_ep" in inspect.signature(op).parameters:
                 return _with_named_group(name, op)
             return op
-        raise AttributeError(f"torch_npu stand-in: no golden model of {name} (the code path under test calls an "
-                             f"op the suite does not model; run it on an NPU host with the real torch_npu)")
+        message = (f"torch_npu stand-in: no golden model of {name} (the code path under test calls an op the suite "
+                   f"does not model; run it on an NPU host with the real torch_npu)")
+        from ascend_conformance.emulation import installed as emulated_device_installed
+
+        if emulated_device_installed():
+            # With a device, libraries take their NPU branches and import torch_npu ops at module level
+            # (transformers: `from torch_npu import npu_fusion_attention`): the name imports, a call fails.
+            def unmodelled(*args, **kwargs):
+                raise NotImplementedError(message)
+
+            unmodelled.__name__ = name
+            return unmodelled
+        raise AttributeError(message)
     raise AttributeError(f"torch_npu stand-in has no attribute {name!r}")

@@ -64,10 +64,15 @@ def register() -> list[str]:
     missing = [name for name in SCHEMAS if name not in registered()]
     if not missing:
         return []
+    from ascend_conformance.emulation import installed as emulated_device_installed
+
     library = torch.library.Library(NAMESPACE, "FRAGMENT")
     for name in missing:
         library.define(SCHEMAS[name])
-        # CPU: the stand-in runs where there is no NPU, so every tensor is a host tensor.
+        # CPU: the stand-in runs where there is no NPU, so every tensor is a host tensor; on the emulated
+        # device (PrivateUse1, named npu) the golden model takes its npu tensors as well.
         library.impl(name, IMPLEMENTATIONS[name], "CPU")
+        if emulated_device_installed():
+            library.impl(name, IMPLEMENTATIONS[name], "PrivateUse1")
     _library.append(library)
     return missing
