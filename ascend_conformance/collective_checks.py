@@ -38,9 +38,10 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 # ---------------------------------------------------------------------------------------- inputs
 
-def exact_values(rank: int, shape, dtype: torch.dtype, salt: int) -> torch.Tensor:
+def exact_values(rank: int, shape, dtype: torch.dtype, salt: int, device=None) -> torch.Tensor:
     """Integers in -4..4, different per (rank, position, salt): exact in every dtype, and so is any
-    sum of up to 8 of them.
+    sum of up to 8 of them. On ``device`` (in a rank: the group's device, ``g.device``; the expectations
+    in the test process stay on the CPU).
 
     >>> exact_values(1, (2, 3), torch.int64, 0).tolist()
     [[-1, 4, 0], [-4, 1, -3]]
@@ -48,7 +49,7 @@ def exact_values(rank: int, shape, dtype: torch.dtype, salt: int) -> torch.Tenso
     count = 1
     for size in shape:
         count *= size
-    base = torch.arange(count, dtype=torch.int64).reshape(tuple(shape))
+    base = torch.arange(count, dtype=torch.int64, device=device).reshape(tuple(shape))
     return ((base * 5 + rank * 3 + salt) % 9 - 4).to(dtype)
 
 
@@ -87,7 +88,7 @@ class Case:
 
 
 def _run_all_reduce(g: GroupCoordinator, dtype, salt):
-    x = exact_values(g.rank, (2, 3), dtype, salt)
+    x = exact_values(g.rank, (2, 3), dtype, salt, g.device)
     y = g.all_reduce(x)
     return {"result": y, "input_after": x, "returns_input": y is x}
 
@@ -99,7 +100,7 @@ def _expect_all_reduce(ranks, i, dtype, salt):
 
 
 def _run_all_reduce_avg(g, dtype, salt):
-    x = exact_values(g.rank, (2, 3), dtype, salt)
+    x = exact_values(g.rank, (2, 3), dtype, salt, g.device)
     return {"result": g.all_reduce(x, op=dist.ReduceOp.AVG)}
 
 
@@ -110,7 +111,7 @@ def _expect_all_reduce_avg(ranks, i, dtype, salt):
 
 def _gather_case(dim: int, shape: tuple):
     def run(g, dtype, salt):
-        x = exact_values(g.rank, shape, dtype, salt)
+        x = exact_values(g.rank, shape, dtype, salt, g.device)
         y = g.all_gather(x, dim=dim)
         return {"result": y, "returns_input": y is x}
 
@@ -127,7 +128,7 @@ def _reduce_scatter_case(dim: int):
         return (2 * n, 3) if dim == 0 else (3, 2 * n)
 
     def run(g, dtype, salt):
-        x = exact_values(g.rank, shape(g.world_size), dtype, salt)
+        x = exact_values(g.rank, shape(g.world_size), dtype, salt, g.device)
         y = g.reduce_scatter(x, dim=dim)
         return {"result": y, "returns_input": y is x}
 
@@ -140,7 +141,7 @@ def _reduce_scatter_case(dim: int):
 
 def _run_all_gatherv(g, dtype, salt):
     sizes = _uneven_sizes(g.world_size)
-    x = exact_values(g.rank, (sizes[g.rank_in_group], 3), dtype, salt)
+    x = exact_values(g.rank, (sizes[g.rank_in_group], 3), dtype, salt, g.device)
     return {"result": g.all_gatherv(x, sizes, dim=0)}
 
 
@@ -151,7 +152,7 @@ def _expect_all_gatherv(ranks, i, dtype, salt):
 
 def _run_reduce_scatterv(g, dtype, salt):
     sizes = _uneven_sizes(g.world_size)
-    x = exact_values(g.rank, (sum(sizes), 3), dtype, salt)
+    x = exact_values(g.rank, (sum(sizes), 3), dtype, salt, g.device)
     return {"result": g.reduce_scatterv(x, sizes, dim=0)}
 
 
@@ -163,7 +164,7 @@ def _expect_reduce_scatterv(ranks, i, dtype, salt):
 
 def _run_gather(g, dtype, salt):
     # To the last member, so dst is not group rank 0 (a default that would hide a src/dst mix-up).
-    return {"result": g.gather(exact_values(g.rank, (2, 3), dtype, salt), dst=g.world_size - 1, dim=0)}
+    return {"result": g.gather(exact_values(g.rank, (2, 3), dtype, salt, g.device), dst=g.world_size - 1, dim=0)}
 
 
 def _expect_gather(ranks, i, dtype, salt):
@@ -174,7 +175,7 @@ def _expect_gather(ranks, i, dtype, salt):
 
 def _run_broadcast(g, dtype, salt):
     src = 1 % g.world_size
-    x = exact_values(g.rank, (2, 3), dtype, salt)
+    x = exact_values(g.rank, (2, 3), dtype, salt, g.device)
     y = g.broadcast(x, src=src)
     return {"result": y, "returns_input": y is x}
 
@@ -184,7 +185,7 @@ def _expect_broadcast(ranks, i, dtype, salt):
 
 
 def _run_all_to_all_even(g, dtype, salt):
-    x = exact_values(g.rank, (2 * g.world_size, 3), dtype, salt)
+    x = exact_values(g.rank, (2 * g.world_size, 3), dtype, salt, g.device)
     y = g.all_to_all_single(x)
     return {"result": y, "returns_input": y is x}
 
@@ -198,7 +199,7 @@ def _expect_all_to_all_even(ranks, i, dtype, salt):
 def _run_all_to_all_uneven(g, dtype, salt):
     splits = _alltoall_splits(g.world_size)
     me = g.rank_in_group
-    x = exact_values(g.rank, (sum(splits[me]), 3), dtype, salt)
+    x = exact_values(g.rank, (sum(splits[me]), 3), dtype, salt, g.device)
     receive = [splits[j][me] for j in range(g.world_size)]
     return {"result": g.all_to_all_single(x, input_split_sizes=splits[me], output_split_sizes=receive)}
 
@@ -216,7 +217,7 @@ def _expect_all_to_all_uneven(ranks, i, dtype, salt):
 def _run_send_recv_ring(g, dtype, salt):
     # Default dst / src: next / previous member. Even group ranks send first, odd ones receive first,
     # so the ring completes whether or not the backend buffers a send.
-    x = exact_values(g.rank, (2, 3), dtype, salt)
+    x = exact_values(g.rank, (2, 3), dtype, salt, g.device)
     if g.rank_in_group % 2 == 0:
         g.send(x)
         y = g.recv((2, 3), dtype)
@@ -231,8 +232,8 @@ def _expect_ring(ranks, i, dtype, salt):
 
 
 def _run_batch_ring(g, dtype, salt):
-    x = exact_values(g.rank, (2, 3), dtype, salt)
-    y = torch.empty((2, 3), dtype=dtype)
+    x = exact_values(g.rank, (2, 3), dtype, salt, g.device)
+    y = torch.empty((2, 3), dtype=dtype, device=g.device)
     works = g.batch_isend_irecv([P2P.send(x, (g.rank_in_group + 1) % g.world_size),
                                  P2P.recv(y, (g.rank_in_group - 1) % g.world_size)])
     for work in works:
@@ -250,7 +251,8 @@ def _run_batch_pairs(g, dtype, salt):
     partner = _pair_of(g.rank_in_group, g.world_size)
     if partner is None:
         return {"result": None}
-    big, small = exact_values(g.rank, (2, 3), dtype, salt), exact_values(g.rank, (1,), dtype, salt + 1)
+    big = exact_values(g.rank, (2, 3), dtype, salt, g.device)
+    small = exact_values(g.rank, (1,), dtype, salt + 1, g.device)
     big_in, small_in = torch.empty_like(big), torch.empty_like(small)
     works = g.batch_isend_irecv([P2P.send(big, partner), P2P.send(small, partner),
                                  P2P.recv(big_in, partner), P2P.recv(small_in, partner)])
@@ -302,9 +304,13 @@ def object_from(rank: int, kind: str) -> dict:
     return {"kind": kind, "from": rank, "payload": [rank] * 3, "nested": ("x", rank * 0.5)}
 
 
-def tensor_dict_from(rank: int, kind: str) -> dict:
-    return {"hidden": exact_values(rank, (2, 3), torch.bfloat16, 1), "ids": exact_values(rank, (4,), torch.int64, 2),
-            "scale": exact_values(rank, (3,), torch.float32, 3), "empty": torch.zeros((0, 3), dtype=torch.float16),
+def tensor_dict_from(rank: int, kind: str, device=None) -> dict:
+    """The tensors on ``device`` (in a rank: the group's), except ``scale``, a host tensor everywhere: a tensor
+    dict may mix both, and host tensors travel over the CPU group (as in vLLM)."""
+    return {"hidden": exact_values(rank, (2, 3), torch.bfloat16, 1, device),
+            "ids": exact_values(rank, (4,), torch.int64, 2, device),
+            "scale": exact_values(rank, (3,), torch.float32, 3), "empty": torch.zeros((0, 3), dtype=torch.float16,
+                                                                                    device=device),
             "step": rank, "tag": f"{kind}@{rank}"}
 
 
@@ -313,7 +319,7 @@ def run_per_kind_checks(g: GroupCoordinator, kind: str) -> dict:
     observed = {"broadcast_object": g.broadcast_object(object_from(g.rank, kind) if g.rank_in_group == src else None,
                                                        src=src)}
     if g.world_size > 1:
-        mine = tensor_dict_from(g.rank, kind)
+        mine = tensor_dict_from(g.rank, kind, g.device)
         if g.rank_in_group % 2 == 0:
             g.send_tensor_dict(mine)
             observed["tensor_dict_ring"] = g.recv_tensor_dict()
