@@ -310,7 +310,9 @@ class SharedWeightSeries:
         return self
 
     def _check_against_other_ranks(self, start: int, end: int) -> None:
-        mine = (self.name, start, end, self.prefetch_step, _fmt_signature(self._signature),
+        # The device type, not the index: every rank holds its layers on its own device (npu:0, npu:1, ...).
+        kind, shape, dtype, device = self._signature
+        mine = (self.name, start, end, self.prefetch_step, _fmt_signature((kind, shape, dtype, device.type)),
                 getattr(self.index_formula, "__qualname__", repr(self.index_formula)))
         gathered = [None] * self.group_size
         dist.all_gather_object(gathered, mine, group=self._group.meta_group)
