@@ -45,11 +45,15 @@ def live_storages() -> dict:
     return out
 
 
-def new_storage_sizes(before: dict, dtype: torch.dtype) -> list[int]:
+def new_storage_sizes(before: dict, dtype: torch.dtype, device=None) -> list[int]:
     """Sorted sizes of the storages of ``dtype`` tensors live now that were not in ``before``. One dtype
     counts (the weights'): a collective's metadata exchange leaves uint8 / int64 tensors its communicator
-    frees a little later."""
-    return sorted(nbytes for ptr, (nbytes, t) in live_storages().items() if ptr not in before and t.dtype == dtype)
+    frees a little later. With ``device``, only storages on that device count (the weights' device: a
+    transport's host copies, e.g. the emulated hccl's staging copies that gloo's worker thread may still
+    hold for a moment after a broadcast completes, are not device storage)."""
+    device = None if device is None else torch.device(device)
+    return sorted(nbytes for ptr, (nbytes, t) in live_storages().items()
+                  if ptr not in before and t.dtype == dtype and (device is None or t.device == device))
 
 
 __all__ = ["new_objects_only", "live_storages", "new_storage_sizes"]

@@ -15,6 +15,8 @@ def test_a_storage_kept_anywhere_is_counted_once_and_a_freed_one_is_not():
         view = torch.ones(8)[2:4]  # a view: its whole 8-float storage counts
         assert new_storage_sizes(before, torch.float32) == [32, 64]
         assert new_storage_sizes(before, torch.int64) == []
+        assert new_storage_sizes(before, torch.float32, device="cpu") == [32, 64]
+        assert new_storage_sizes(before, torch.float32, device="meta") == []  # only the given device counts
         del kept, view
         assert new_storage_sizes(before, torch.float32) == []
 
