@@ -1,4 +1,5 @@
-"""Shared-weight series (docs/shared_weight.md) on real multi-rank worlds.
+"""Shared-weight series (docs/shared_weight.md) on real multi-rank worlds, every layer, input and window on
+the rank's device (``npu:k`` on an NPU host or the emulated device).
 
 Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weight`:
   1. the prefetch index against a hand-written table;
@@ -8,7 +9,7 @@ Reads top to bottom as the specification of :mod:`ascend_conformance.shared_weig
      post-load hook. Ranks load NaN into the weights they do not own: only the owner's copy may reach a
      forward;
   3. weight storage per rank equals (owned layers)*W + (k+1)*W, counted from the storage bytes of every
-     live tensor in the rank (gc, deduplicated by data_ptr), and stays there across passes;
+     live tensor on the rank's device (gc, deduplicated by data_ptr), and stays there across passes;
   4. the checks catch a wrong schedule: a series run with a *start-blind* index (a mutant, defined here:
      ``(i + k) mod count + start``, which ignores where the series starts) is caught when its prefetch
      distance (k + start) mod count exceeds k, and passes where it equals the correct index; below k it
@@ -40,8 +41,14 @@ TOKENS = 3
 # helpers (run inside the ranks)
 # ==================================================================================================
 
+def rank_device() -> torch.device:
+    """Where every tensor of the series lives in a rank: the rank's device (``npu:k`` on an NPU host)."""
+    return torch.device(rank_context().device)
+
+
 def true_weight(seed: int, layer: int, shape, dtype) -> torch.Tensor:
-    """Layer ``layer``'s weight, a function of (seed, layer) only: every rank can compute the reference."""
+    """Layer ``layer``'s weight, a function of (seed, layer) only: every rank can compute the reference.
+    Drawn on the host (a seeded CPU generator gives the same values on every platform); callers move it."""
     generator = torch.Generator().manual_seed(seed * 7919 + layer)
     return (torch.randn(shape, generator=generator, dtype=torch.float64) / math.sqrt(shape[-1])).to(dtype)
 
@@ -52,10 +59,12 @@ def true_bias(seed: int, layer: int, size: int, dtype) -> torch.Tensor:
 
 
 def build_stack(cfg: dict, owned_by_me) -> dict:
-    """nn.Linear layers [start, end); weights loaded only where ``owned_by_me(i)``, NaN elsewhere."""
+    """nn.Linear layers [start, end) on the rank's device; weights loaded only where ``owned_by_me(i)``, NaN
+    elsewhere."""
     layers = {}
     for i in range(cfg["start"], cfg["start"] + cfg["count"]):
-        layer = torch.nn.Linear(cfg["hidden"], cfg["hidden"], bias=cfg.get("bias", False), dtype=cfg["dtype"])
+        layer = torch.nn.Linear(cfg["hidden"], cfg["hidden"], bias=cfg.get("bias", False), dtype=cfg["dtype"],
+                                device=rank_device())
         with torch.no_grad():
             if owned_by_me(i):
                 layer.weight.copy_(true_weight(cfg["seed"], i, layer.weight.shape, cfg["dtype"]))
@@ -69,13 +78,13 @@ def build_stack(cfg: dict, owned_by_me) -> dict:
 
 
 def reference_pass(cfg: dict, x: torch.Tensor) -> list:
-    """The unsharded model: every weight local, same ops in the same order."""
+    """The unsharded model: every weight local (on x's device), same ops in the same order."""
     outs = []
     for i in range(cfg["start"], cfg["start"] + cfg["count"]):
-        weight = true_weight(cfg["seed"], i, (cfg["hidden"], cfg["hidden"]), cfg["dtype"])
+        weight = true_weight(cfg["seed"], i, (cfg["hidden"], cfg["hidden"]), cfg["dtype"]).to(x.device)
         if cfg.get("post_load_scale"):
             weight = weight * cfg["post_load_scale"]
-        bias = true_bias(cfg["seed"], i, cfg["hidden"], cfg["dtype"]) if cfg.get("bias") else None
+        bias = true_bias(cfg["seed"], i, cfg["hidden"], cfg["dtype"]).to(x.device) if cfg.get("bias") else None
         x = torch.tanh(torch.nn.functional.linear(x, weight, bias))
         outs.append(x)
     return outs
@@ -92,7 +101,8 @@ def sharded_pass(layers: dict, x: torch.Tensor) -> list:
 
 def pass_input(cfg: dict, p: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(rank_context().world_seed + 31 * p + cfg["start"])
-    return torch.randn(TOKENS, cfg["hidden"], generator=generator, dtype=torch.float64).to(cfg["dtype"])
+    return torch.randn(TOKENS, cfg["hidden"], generator=generator, dtype=torch.float64).to(rank_device(),
+                                                                                            cfg["dtype"])
 
 
 class FakeCoordinator:
@@ -303,7 +313,8 @@ def test_series_over_the_shard_weight_group_coordinators(world, k):
 # ==================================================================================================
 
 def new_storage_bytes(before: dict, dtype=torch.float32) -> int:
-    return sum(new_storage_sizes(before, dtype))
+    """New weight storage on the rank's device (a transport's host copies are not the device's memory)."""
+    return sum(new_storage_sizes(before, dtype, rank_device()))
 
 
 def _storage_per_rank(configs):
@@ -474,9 +485,9 @@ def test_distance_measurement_shows_a_start_blind_index_below_the_window(world):
 # ==================================================================================================
 
 class NotALinear(torch.nn.Module):
-    def __init__(self, hidden):
+    def __init__(self, hidden, device):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(hidden, hidden), requires_grad=False)
+        self.weight = torch.nn.Parameter(torch.zeros(hidden, hidden, device=device), requires_grad=False)
 
     def forward(self, x):
         return x @ self.weight.t()
@@ -484,7 +495,10 @@ class NotALinear(torch.nn.Module):
 
 def _bad_registrations():
     me = dist.get_rank()
-    lin = lambda *shape, dtype=torch.float32: torch.nn.Linear(*shape, bias=False, dtype=dtype)  # noqa: E731
+    device = rank_device()
+    lin = lambda *shape, dtype=torch.float32: torch.nn.Linear(*shape, bias=False, dtype=dtype,  # noqa: E731
+                                                              device=device)
+    zeros = lambda: torch.zeros(1, 8, device=device)  # noqa: E731 - a token for a forward
     messages = {}
 
     def attempt(case, fn):
@@ -503,7 +517,7 @@ def _bad_registrations():
 
     attempt("shape", lambda: register_all("s", [lin(8, 8), lin(8, 4)]))
     attempt("dtype", lambda: register_all("s", [lin(8, 8), lin(8, 8, dtype=torch.float16)]))
-    attempt("type", lambda: register_all("s", [lin(8, 8), NotALinear(8)]))
+    attempt("type", lambda: register_all("s", [lin(8, 8), NotALinear(8, device)]))
     attempt("duplicate index", lambda: (sw.register_layer("s", [0, 1], lin(8, 8), 3),
                                         sw.register_layer("s", [0, 1], lin(8, 8), 3)))
     shared = lin(8, 8)
@@ -533,13 +547,13 @@ def _bad_registrations():
                                        sw.finish_setup("s")))
     # Protocol misuse.
     early = lin(8, 8)
-    attempt("forward before setup", lambda: (register_all("s", [early, lin(8, 8)]), early(torch.zeros(1, 8))))
+    attempt("forward before setup", lambda: (register_all("s", [early, lin(8, 8)]), early(zeros())))
     attempt("reach unregistered", lambda: sw.reach_layer(lin(8, 8)))
     skipped = [lin(8, 8) for _ in range(3)]
     # k = 1 on [0, 3): the first pass fetches layer 1 at reach(0); skipping reach(1) leaves layer 2 unfetched.
     attempt("forward without reach", lambda: (register_all("s", skipped, k=1), sw.finish_setup("s"),
-                                              sw.reach_layer(skipped[0]), skipped[0](torch.zeros(1, 8)),
-                                              skipped[1](torch.zeros(1, 8)), skipped[2](torch.zeros(1, 8))))
+                                              sw.reach_layer(skipped[0]), skipped[0](zeros()),
+                                              skipped[1](zeros()), skipped[2](zeros())))
     return messages
 
 
@@ -593,23 +607,24 @@ def _vllm_adapter():
 def _vllm_series():
     from vllm.model_executor.layers.linear import ReplicatedLinear
 
-    me, start, count = dist.get_rank(), 1, 3
-    layers = {i: ReplicatedLinear(HIDDEN, HIDDEN, bias=False, prefix=f"model.layers.{i}.self_attn.o_proj")
-              for i in range(start, start + count)}
+    me, start, count, device = dist.get_rank(), 1, 3, rank_device()
+    with device:  # as vLLM's model loader builds a model: its parameters on the worker's device
+        layers = {i: ReplicatedLinear(HIDDEN, HIDDEN, bias=False, prefix=f"model.layers.{i}.self_attn.o_proj")
+                  for i in range(start, start + count)}
     for i, layer in layers.items():
         with torch.no_grad():
             layer.weight.copy_(true_weight(1, i, layer.weight.shape, layer.weight.dtype) if i % 2 == me
                                else torch.full_like(layer.weight, float("nan")))
         sw.register_vllm_linear("vllm_o_proj", [0, 1], layer, prefetch_step=1)
     series = sw.finish_setup("vllm_o_proj")
-    x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(rank_context().world_seed))
+    x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(rank_context().world_seed)).to(device)
     for _ in range(3):
         y = x
         for i in range(start, start + count):
             sw.reach_layer(layers[i])
             y = layers[i](y)[0]
             want = torch.nn.functional.linear(x if i == start else want, true_weight(1, i, (HIDDEN, HIDDEN),
-                                                                                     layer.weight.dtype))
+                                                                                     layer.weight.dtype).to(device))
             assert_close(y, want, kind=Kind.EXACT, what=f"vllm layer {i}")
     series.drain()
     return True
