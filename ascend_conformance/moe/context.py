@@ -51,7 +51,10 @@ def forward_context(num_tokens_across_dp: Sequence[int], dp_rank: int, tp_size: 
 
 
 def gather_forward_context(num_tokens: int, dp_group, tp_size: int, device=None) -> ForwardContext:
-    """All-gather `num_tokens` over the DP group (a GroupCoordinator-like object) and build the context."""
+    """All-gather `num_tokens` over the DP group (a GroupCoordinator-like object) and build the context, its
+    count and mask on `device` (default: the group's device, where its collectives run)."""
+    if device is None:
+        device = getattr(dp_group, "device", None)
     if dp_group.world_size == 1:
         return forward_context([num_tokens], 0, tp_size, device)
     everyone = dp_group.all_gather(torch.tensor([num_tokens], dtype=torch.int64, device=device), dim=0)

@@ -2,7 +2,7 @@
 
 Every method is constructed for one rank from its groups and the global expert placement, and runs::
 
-    method = AllToAll(groups, placement)              # ops default to op_provider(device)
+    method = AllToAll(groups, placement)              # device: the groups'; ops: op_provider(device)
     prepared = method.prepare(x, topk_ids, topk_weights, ctx)   # pad / gather / split tokens
     dispatched = method.permute(prepared)              # rows grouped by local expert + group_list
     y = mlp(dispatched.hidden, dispatched.group_list, dispatched.group_list_type)
@@ -92,7 +92,8 @@ class MoECommMethod:
         self.placement = placement
         self.ep_rank = groups.ep.rank_in_group
         self.num_local = placement.num_local(self.ep_rank)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        # The groups' device (this rank's, where the EP group's collectives run) unless told otherwise.
+        self.device = torch.device(device) if device is not None else groups.ep.device
         self.ops = ops if ops is not None else op_provider(self.device)
         self.expert_map = placement.expert_map(self.ep_rank, self.device).to(torch.int64)
         self.slot_table = placement.slot_table(self.device)
