@@ -215,6 +215,8 @@ class ExpertState:
     ``weights[l]``: tensors ``[slots_per_rank, ...]`` (local slot order); ``phy2log [L, R]``,
     ``log2phy [L, E, maxcnt]``, ``logcnt [L, E]`` (global, as :func:`rebalance_experts` returns them);
     ``expert_map [L, E]`` int32, logical expert -> local slot or -1 (lowest local slot when replicated).
+    The maps stay on the device they were created on (:meth:`create`: ``phy2log``'s, e.g. the rank's NPU
+    where kernels read them); :func:`rebalance` updates them in place there from host-side placements.
     """
     rank: int
     num_ranks: int
@@ -227,8 +229,9 @@ class ExpertState:
     @classmethod
     def create(cls, rank: int, num_ranks: int, weights: list, phy2log, log2phy, logcnt) -> "ExpertState":
         num_logical = logcnt.shape[1]
-        view = expert_map_for_rank(phy2log, rank, num_ranks, num_logical)
-        return cls(rank, num_ranks, weights, phy2log.clone(), log2phy.clone(), logcnt.clone(), view.expert_map)
+        view = expert_map_for_rank(phy2log, rank, num_ranks, num_logical)  # computed on the host
+        return cls(rank, num_ranks, weights, phy2log.clone(), log2phy.clone(), logcnt.clone(),
+                   view.expert_map.to(phy2log.device))
 
 
 def rebalance(state: ExpertState, phy2log_new, log2phy_new, logcnt_new, group) -> RedistributionStats:
@@ -246,11 +249,12 @@ def rebalance(state: ExpertState, phy2log_new, log2phy_new, logcnt_new, group) -
     num_logical = state.expert_map.shape[1]
 
     def swap_maps(layer: int) -> None:
-        row = torch.full((num_logical,), -1, dtype=state.expert_map.dtype)
+        row = [-1] * num_logical
         mine = new[layer, state.rank * slots:(state.rank + 1) * slots].tolist()
         for slot in reversed(range(slots)):  # the lowest local slot wins
             row[mine[slot]] = slot
-        state.expert_map[layer].copy_(row)
+        expert_map = state.expert_map
+        expert_map[layer].copy_(torch.tensor(row, dtype=expert_map.dtype, device=expert_map.device))
         state.phy2log[layer].copy_(new[layer])
         state.logcnt[layer].copy_(logcnt_new[layer])
         if same_width:
@@ -258,5 +262,5 @@ def rebalance(state: ExpertState, phy2log_new, log2phy_new, logcnt_new, group) -
 
     stats = execute_plan(plan, state.weights, group, on_layer_done=swap_maps)
     if not same_width:
-        state.log2phy = log2phy_new.clone()
+        state.log2phy = log2phy_new.to(state.log2phy.device, copy=True)
     return stats
