@@ -1,4 +1,6 @@
-"""Executing an EPLB redistribution on real multi-rank worlds (docs/eplb.md, redistribution).
+"""Executing an EPLB redistribution on real multi-rank worlds (docs/eplb.md, redistribution), the expert
+weights and placement maps of every rank on its device (``npu:k`` on an NPU host or the emulated device),
+the placements computed on the host as EPLB computes them.
 
 Expert weights are a function of (layer, logical expert) only, so every rank computes what any slot must
 hold, and a sent row can be identified by its content. Every communication call is recorded by wrapping
@@ -118,13 +120,14 @@ def expert_bytes(dtype=torch.float32) -> int:
     return (2 * INTER * HIDDEN + HIDDEN * INTER) * torch.tensor([], dtype=dtype).element_size()
 
 
-def local_weights(phy2log: torch.Tensor, rank: int, world_size: int) -> list:
+def local_weights(phy2log: torch.Tensor, rank: int, world_size: int, device=None) -> list:
+    """Rank ``rank``'s [w13, w2] per layer, on ``device`` (in a rank: its own device, see :func:`on_device`)."""
     slots = phy2log.shape[1] // world_size
     out = []
     for layer, row in enumerate(phy2log.tolist()):
         mine = row[rank * slots:(rank + 1) * slots]
         pairs = [expert_weight(layer, e) for e in mine]
-        out.append([torch.stack([p[0] for p in pairs]).contiguous(), torch.stack([p[1] for p in pairs]).contiguous()])
+        out.append([torch.stack([p[i] for p in pairs]).to(device).contiguous() for i in (0, 1)])
     return out
 
 
@@ -153,6 +156,23 @@ def moved_experts(old: torch.Tensor, new: torch.Tensor, world_size: int) -> dict
 # ==================================================================================================
 # rank side
 # ==================================================================================================
+
+def rank_device() -> torch.device:
+    """Where a rank keeps its expert weights and placement maps: its own device (``npu:k`` on an NPU host)."""
+    return torch.device(rank_context().device)
+
+
+def on_device(*tensors) -> tuple:
+    """The placement maps, computed on the host as EPLB computes them, copied to the rank's device."""
+    return tuple(t.to(rank_device()) for t in tensors)
+
+
+def check_state_on_device(state: ExpertState, what: str) -> None:
+    """Weights and maps are still on the rank's device after a move (nothing fell back to the host)."""
+    places = {str(t.device) for layer in state.weights for t in layer}
+    places |= {str(t.device) for t in (state.expert_map, state.phy2log, state.log2phy, state.logcnt)}
+    assert places == {str(rank_device())}, f"{what}: the state lives on {sorted(places)}, not on {rank_device()}"
+
 
 def fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha1(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
@@ -191,14 +211,15 @@ def _redistribute_on_rank(names: list) -> dict:
         old, new, experts = sc["old"], sc["new"], sc["experts"]
         log2phy_old, logcnt_old = log2phy_of(old, experts)
         log2phy_new, logcnt_new = log2phy_of(new, experts)
-        state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size), old, log2phy_old,
-                                   logcnt_old)
+        state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size, rank_device()),
+                                   *on_device(old, log2phy_old, logcnt_old))
         pointers = [[t.data_ptr() for t in layer] for layer in state.weights]
         index = weight_index(old.shape[0], experts)
         with CollectiveRecorder(sent_content=fingerprint) as rec, platform.get().measure_peak() as peak:
             stats = rebalance(state, new, log2phy_new, logcnt_new, group)
         check_weights(state.weights, new, rank, world_size, name)
         assert [[t.data_ptr() for t in layer] for layer in state.weights] == pointers, "weights were reallocated"
+        check_state_on_device(state, name)
         # the maps were swapped to the new placement
         assert_close(state.expert_map, expert_map_for_rank(new, rank, world_size, experts).expert_map,
                      kind=Kind.EXACT, what=f"{name}: expert_map")
@@ -269,11 +290,12 @@ def _over_dynamic_eplb_coordinators(name: str) -> dict:
         ep_rank, ep_size = eplb.rank_in_group, eplb.world_size
         sc = scenario(name, ep_size)
         old, new, experts = sc["old"], sc["new"], sc["experts"]
-        state = ExpertState.create(ep_rank, ep_size, local_weights(old, ep_rank, ep_size), old,
-                                   *log2phy_of(old, experts))
+        state = ExpertState.create(ep_rank, ep_size, local_weights(old, ep_rank, ep_size, eplb.device),
+                                   *on_device(old, *log2phy_of(old, experts)))
         with CollectiveRecorder(sent_content=fingerprint) as rec:
             rebalance(state, new, *log2phy_of(new, experts), eplb)
         check_weights(state.weights, new, ep_rank, ep_size, f"{name} over {eplb.ranks}")
+        check_state_on_device(state, f"{name} over {eplb.ranks}")
         peers = sorted({peer for _, peer, _, _ in rec.p2p})
         assert all(pg is eplb.device_group for _, _, pg, _ in rec.p2p)
         return {"ranks": list(eplb.ranks), "peers": peers, "ops": len(rec.p2p), "other": rec.names()}
@@ -319,7 +341,8 @@ def _peak_on_rank(name: str, layers: int, experts: int, replicas: int) -> dict:
     new = rebalance_experts(zipf_loads(layers, experts, 1.5, seed=11), replicas, 1, 1, world_size)[0]
     log2phy_old, logcnt_old = log2phy_of(old, experts)
     log2phy_new, logcnt_new = log2phy_of(new, experts)
-    state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size), old, log2phy_old, logcnt_old)
+    state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size, rank_device()),
+                               *on_device(old, log2phy_old, logcnt_old))
     with platform.get().measure_peak() as peak:
         rebalance(state, new, log2phy_new, logcnt_new, group)
     check_weights(state.weights, new, rank, world_size, name)
@@ -356,8 +379,8 @@ def test_peak_extra_memory_is_one_layer_of_moved_experts(world, world_size, laye
 def physical_ids(topk_ids: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.Tensor, first_token: int) -> torch.Tensor:
     """Logical -> physical slot: token t's k-th expert e uses replica (t + k) mod logcnt[e]."""
     tokens, top_k = topk_ids.shape
-    t = torch.arange(first_token, first_token + tokens).unsqueeze(1)
-    k = torch.arange(top_k).unsqueeze(0)
+    t = torch.arange(first_token, first_token + tokens, device=topk_ids.device).unsqueeze(1)
+    k = torch.arange(top_k, device=topk_ids.device).unsqueeze(0)
     replica = (t + k) % logcnt[topk_ids]
     return log2phy[topk_ids, replica].to(torch.int32)
 
@@ -372,22 +395,24 @@ def _moe_before_after(method_names: list, tokens: int, top_k: int) -> dict:
     sc = scenario("rebalance_redundant", world_size)
     old, new, experts = sc["old"], sc["new"], sc["experts"]
     layers, replicas = old.shape
-    state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size), old, *log2phy_of(old, experts))
+    device = rank_device()
+    state = ExpertState.create(rank, world_size, local_weights(old, rank, world_size, device),
+                               *on_device(old, *log2phy_of(old, experts)))
     groups = moe_groups(ParallelConfig(world_size=world_size, tp=1, pp=1, dp=world_size))
     slots = ExpertPlacement.contiguous(replicas, world_size)  # physical slots, rank g owns [g*S, (g+1)*S)
     gen = torch.Generator().manual_seed(rank_context().world_seed + rank)
-    x = torch.randn(tokens, HIDDEN, generator=gen)
+    x = torch.randn(tokens, HIDDEN, generator=gen)  # on the host: the dense oracle below takes these
     topk_ids = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)]).to(torch.int32)
     topk_weights = torch.rand(tokens, top_k, generator=gen)
 
     def forward_all(method_name):
         outs = []
-        method = method_class(method_name)(groups, slots)
-        ctx = gather_forward_context(tokens, groups.dp, 1)
+        method = method_class(method_name)(groups, slots, device=device)
+        ctx = gather_forward_context(tokens, groups.dp, 1, device)
         for layer in range(layers):
-            ids = physical_ids(topk_ids.long(), state.log2phy[layer], state.logcnt[layer], rank * tokens)
+            ids = physical_ids(topk_ids.to(device).long(), state.log2phy[layer], state.logcnt[layer], rank * tokens)
             mlp = ExpertMLP(state.weights[layer][0], state.weights[layer][1], method.ops)
-            outs.append(method.forward(x, ids, topk_weights, mlp, ctx))
+            outs.append(method.forward(x.to(device), ids, topk_weights.to(device), mlp, ctx))
         return outs
 
     before = {m: forward_all(m) for m in method_names}
@@ -421,7 +446,7 @@ def _bad_inputs() -> dict:
     old = round_robin_placement(2, 4, 4, world_size)[0]
     new = torch.tensor([[1, 0, 3, 2], [0, 1, 2, 3]])
     plan = plan_redistribution(old, new, world_size)
-    good = local_weights(old, rank, world_size)
+    good = local_weights(old, rank, world_size, rank_device())
     messages = {}
 
     def attempt(case, fn):
