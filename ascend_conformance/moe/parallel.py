@@ -58,11 +58,16 @@ def _initialised_matches(layout: dict) -> bool:
 
 
 def _everyone(flag: bool) -> bool:
-    """True when `flag` holds on every rank (decisions about creating groups must be unanimous)."""
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=live.get_world_group().cpu_group
-                    if live.groups_initialized() and "world" in live.group_kinds() else None)
-    return bool(value.item())
+    """True when `flag` holds on every rank (decisions about creating groups must be unanimous): a host
+    tensor over the world's CPU group where there is one, else an object gather over the default group
+    (whose backend may take device tensors only, as HCCL does)."""
+    if live.groups_initialized() and "world" in live.group_kinds():
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=live.get_world_group().cpu_group)
+        return bool(value.item())
+    flags = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
 
 
 def moe_groups(config: ParallelConfig) -> MoEGroups:
