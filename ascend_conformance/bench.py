@@ -268,11 +268,14 @@ def time_round(fn: Callable[[], object], iters: int, barrier: Callable[[], None]
 
 def rank_max(values: Sequence[float], world: GroupCoordinator | None = None) -> list[float]:
     """Element-wise maximum of ``values`` over every rank of ``world`` (on its CPU group); without
-    ``world``, over the default process group (scripts that built no layout)."""
+    ``world``, over the default process group (scripts that built no layout), as objects: its backend may
+    take device tensors only (HCCL), and these are host numbers."""
     tensor = torch.tensor(list(values), dtype=torch.float64)
     if world is None:
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, list(values))
+            return [max(column) for column in zip(*everyone)]
     elif world.world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=world.cpu_group)
     return tensor.tolist()
