@@ -5,7 +5,7 @@
    Zipf 1.0 and a Zipf 1.5 popularity over experts (each layer its own popularity order), with and
    without redundant slots. Pure computation.
 2. Redistribution from the round-robin placement to the rebalanced one on a world of ``--world-size``
-   ranks over a dynamic_eplb group: time per layer (rank-max), bytes received per rank and layer, and the
+   ranks over a dynamic_eplb group, the expert weights and maps on each rank's device: time per layer (rank-max), bytes received per rank and layer, and the
    peak extra memory per rank MEASURED with ``platform.get().measure_peak()`` against one layer's moved
    experts + O(E).
 
@@ -55,14 +55,14 @@ def _expert_weights(layer: int, expert: int, hidden: int, inter: int):
     return torch.randn(2 * inter, hidden, generator=gen), torch.randn(hidden, inter, generator=gen)
 
 
-def _local(phy2log, rank: int, world_size: int, hidden: int, inter: int) -> list:
+def _local(phy2log, rank: int, world_size: int, hidden: int, inter: int, device) -> list:
     import torch
 
     slots = phy2log.shape[1] // world_size
     out = []
     for layer, row in enumerate(phy2log.tolist()):
         pairs = [_expert_weights(layer, e, hidden, inter) for e in row[rank * slots:(rank + 1) * slots]]
-        out.append([torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])])
+        out.append([torch.stack([p[i] for p in pairs]).to(device) for i in (0, 1)])
     return out
 
 
@@ -89,16 +89,18 @@ def redistribution_rank(num_layers: int, num_experts: int, redundant: int, hidde
     from ascend_conformance.eplb import rebalance_experts, round_robin_placement
     from ascend_conformance.eplb.loads import sampled_zipf_loads
     from ascend_conformance.eplb.redistribute import ExpertState, rebalance
+    from ascend_conformance.harness import rank_context
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    device = torch.device(rank_context().device)  # weights and maps on the rank's device, placements on the host
     group = dist.new_group(list(range(world_size)))  # dynamic_eplb: EP ranks, its own communicator
     replicas = num_experts + redundant
     loads = sampled_zipf_loads(num_layers, num_experts, 1.5, 8192, 8, seed=15)
     rr = round_robin_placement(num_layers, num_experts, replicas, world_size)
     eplb = rebalance_experts(loads, replicas, 1, 1, world_size)
     targets = [eplb, rr]
-    state = ExpertState.create(rank, world_size, _local(rr[0], rank, world_size, hidden, inter), rr[0],
-                               *_log2phy(rr[0], num_experts))
+    state = ExpertState.create(rank, world_size, _local(rr[0], rank, world_size, hidden, inter, device),
+                               *(t.to(device) for t in (rr[0], *_log2phy(rr[0], num_experts))))
     layer_times, peaks, received = [], [], []
     dist.barrier(group=group)  # first use of the communicator by every rank (NCCL/HCCL P2P note)
     for it in range(2 * iters):
@@ -110,7 +112,7 @@ def redistribution_rank(num_layers: int, num_experts: int, redundant: int, hidde
         layer_times.append([s.seconds for s in stats.layers])
         peaks.append(peak.peak_bytes)
         received.append([s.received for s in stats.layers])
-    expected = _local(targets[(2 * iters - 1) % 2][0], rank, world_size, hidden, inter)
+    expected = _local(targets[(2 * iters - 1) % 2][0], rank, world_size, hidden, inter, device)
     for layer, (got, want) in enumerate(zip(state.weights, expected)):
         if not all(torch.equal(a, b) for a, b in zip(got, want)):
             raise AssertionError(f"rank {rank}: layer {layer} weights differ from the placement after the moves")

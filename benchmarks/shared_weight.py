@@ -8,8 +8,9 @@ For a stack of ``--layers`` Linear(H, H) layers starting at ``--start`` (a later
 * sharded k — the series with prefetch_step k: ``reach_layer`` + forward per layer.
 
 ``hidden = (unsharded + broadcast - sharded_k) / broadcast`` is the share of the broadcast the prefetch
-hides (0: fully exposed, 1: fully hidden). Memory per rank: weight storage counted from the live tensors
-of the rank (gc, deduplicated by data_ptr) against docs/shared_weight.md's (owned)*W + (k+1)*W, and the peak
+hides (0: fully exposed, 1: fully hidden). Weights, windows and activations live on the rank's device.
+Memory per rank: weight storage counted from the live tensors on the rank's device (gc, deduplicated by
+data_ptr) against docs/shared_weight.md's (owned)*W + (k+1)*W, and the peak
 extra bytes allocated during a pass (``platform.get().measure_peak()``: activations only, no weights).
 
     python benchmarks/shared_weight.py [--world-size 2] [--hidden 1024] [--tokens 32] [--layers 8]
@@ -40,21 +41,23 @@ def _weight(layer: int, hidden: int):
     return torch.randn(hidden, hidden, generator=gen) / hidden ** 0.5
 
 
-def _live_float_storages() -> dict:
+def _live_float_storages(device) -> dict:
+    """float32 storages on ``device`` (the weights'; a transport's host copies are not device storage)."""
     import torch
 
     gc.collect()
     out = {}
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.dtype == torch.float32:
+        if (isinstance(obj, torch.Tensor) and not obj.is_meta and obj.dtype == torch.float32
+                and obj.device == device):
             storage = obj.untyped_storage()
             if storage.nbytes() and storage.data_ptr():
                 out[storage.data_ptr()] = (storage.nbytes(), obj)
     return out
 
 
-def _new_bytes(before: dict) -> int:
-    return sum(n for ptr, (n, _) in _live_float_storages().items() if ptr not in before)
+def _new_bytes(before: dict, device) -> int:
+    return sum(n for ptr, (n, _) in _live_float_storages(device).items() if ptr not in before)
 
 
 def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, iters: int, warmup: int) -> dict:
@@ -64,17 +67,19 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
 
     from ascend_conformance import bench, platform
     from ascend_conformance import shared_weight as sw
+    from ascend_conformance.harness import rank_context
 
     rank, n = dist.get_rank(), dist.get_world_size()
+    device = torch.device(rank_context().device)  # weights, windows and activations on the rank's device
     ranks = list(range(n))
     dist.new_group(ranks)  # the series' own communicator (a ranks list resolves to it)
     layer_ids = list(range(start, start + count))
-    x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(1)).to(device)
     w_bytes = hidden * hidden * 4
 
-    before = _live_float_storages()
-    full = [_weight(i, hidden) for i in layer_ids]
-    unsharded_bytes = _new_bytes(before)
+    before = _live_float_storages(device)
+    full = [_weight(i, hidden).to(device) for i in layer_ids]
+    unsharded_bytes = _new_bytes(before, device)
 
     def unsharded_pass():
         y = x
@@ -82,7 +87,7 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
             y = torch.tanh(torch.nn.functional.linear(y, w))
         return y
 
-    buffer = torch.empty(hidden, hidden)
+    buffer = torch.empty(hidden, hidden, device=device)
     pg = dist.new_group(ranks)
 
     def broadcast_pass():
@@ -96,10 +101,10 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
     for k in ks:
         if k > max(0, count - 2):
             continue
-        before_k = _live_float_storages()  # holds the stacks of the other k: only this one's bytes are new
+        before_k = _live_float_storages(device)  # holds the stacks of the other k: only this one's bytes are new
         layers = []
         for j, i in enumerate(layer_ids):
-            layer = torch.nn.Linear(hidden, hidden, bias=False)
+            layer = torch.nn.Linear(hidden, hidden, bias=False, device=device)
             layer.requires_grad_(False)
             if i % n == rank:
                 layer.weight.copy_(full[j])
@@ -109,7 +114,8 @@ def shared_weight_rank(hidden: int, tokens: int, count: int, start: int, ks, ite
             sw.register_layer(name, ranks, layer, i, prefetch_step=k)
         sw.finish_setup(name)
         owned = sum(1 for i in layer_ids if i % n == rank)
-        memory[k] = {"owned": owned, "theory": owned * w_bytes + (k + 1) * w_bytes, "measured": _new_bytes(before_k)}
+        memory[k] = {"owned": owned, "theory": owned * w_bytes + (k + 1) * w_bytes,
+                     "measured": _new_bytes(before_k, device)}
         del before_k
 
         def sharded_pass(layers=layers):
