@@ -188,6 +188,8 @@ def device_semantics():
     out["view writes through"] = one[0, 0].item()
     torch.npu.set_device(1)
     out["set_device"] = (torch.npu.current_device(), str(torch.empty(1, device="npu").device))
+    # Back on the rank's own device: the warm rank runs later tests, whose groups take the current device.
+    torch.npu.set_device(torch.device(rank_context().device).index)
     before = torch.npu.memory_allocated(0)
     torch.npu.reset_peak_memory_stats(0)
     block = torch.empty(1000, dtype=torch.float32, device="npu:0")
