@@ -299,6 +299,59 @@ def test_collectives_of_npu_tensors_through_hccl(emulated_world):
                                             "on cpu")
 
 
+# --- a CPU tensor planted in a reference collective check -------------------------------------------
+
+def all_reduce_check_on_rank(plant_cpu: bool) -> dict:
+    """The reference all_reduce check of ``collective_checks`` (the one ``suites/test_collectives.py`` runs
+    on every group kind) on the world's coordinator, its input built as the check builds it, on the
+    group's device; or, with ``plant_cpu``, the bug the emulated device exists to catch: the same input
+    built with ``device="cpu"``. Returns the observations and the devices they were on, or the error."""
+    from ascend_conformance import collective_checks, groups
+
+    case = next(c for c in collective_checks.CASES if c.name == "all_reduce")
+    built_by_the_check = collective_checks.exact_values
+
+    def on_the_cpu(rank, shape, dtype, salt, device=None):
+        return built_by_the_check(rank, shape, dtype, salt, device="cpu")
+
+    groups.initialize_groups({"world": [list(range(dist.get_world_size()))]})
+    if plant_cpu:
+        collective_checks.exact_values = on_the_cpu
+    try:
+        observed = case.run(groups.get_world_group(), torch.float32, 3)
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    finally:
+        collective_checks.exact_values = built_by_the_check
+        groups.destroy_groups()
+    return {"observed": observed,
+            "devices": sorted({str(observed[key].device) for key in ("result", "input_after")})}
+
+
+def _differences_from_the_check(outcome: dict, rank: int) -> list:
+    from ascend_conformance import collective_checks
+
+    case = next(c for c in collective_checks.CASES if c.name == "all_reduce")
+    expected = case.expect([0, 1], rank, torch.float32, 3)
+    return collective_checks.differences(f"rank {rank} all_reduce", outcome["observed"], expected, case.compare)
+
+
+def test_a_cpu_tensor_planted_in_a_reference_collective_check_is_caught(emulated_world, world):
+    """The emulated device catches the bug class it was built for: the same reference check passes with its
+    input on the rank's device, and with a ``device="cpu"`` input planted the hccl backend refuses it on
+    every rank, as HCCL does. On the cpu platform (gloo) the planted tensor passes unnoticed."""
+    emulated = emulated_world(2)
+    for rank, outcome in enumerate(emulated.run(all_reduce_check_on_rank, False)):
+        assert "error" not in outcome, outcome
+        assert outcome["devices"] == [f"npu:{rank}"] and _differences_from_the_check(outcome, rank) == []
+    for outcome in emulated.run(all_reduce_check_on_rank, True):
+        assert outcome["error"].startswith("hccl (emulated) all_reduce: tensors must be on an npu device, got one "
+                                           "on cpu (shape (2, 3), torch.float32)"), outcome
+        assert "\n" not in outcome["error"]
+    for rank, outcome in enumerate(world(2).run(all_reduce_check_on_rank, True)):
+        assert outcome["devices"] == ["cpu"] and _differences_from_the_check(outcome, rank) == []
+
+
 # --- the torch_npu stand-in on the emulated device ---------------------------------------------------
 
 def _dispatch_and_combine(torch_npu, x, ids, weights, group, rank):
