@@ -35,7 +35,7 @@ def test_each_vllm_ascend_line_takes_its_own_shim(name, line):
     assert lines.line_module("vllm_ascend_groups", ASCEND[name]).__name__.rsplit(".", 1)[-1] == line
 
 
-@pytest.mark.parametrize("version, line", [("0.13.0", "v0_13"), ("0.18.0", "v0_13"), ("0.23.0", "v0_13"),
+@pytest.mark.parametrize("version, line", [("0.13.0", "v0_13"), ("0.18.0", "v0_18"), ("0.23.0", "v0_18"),
                                            ("0.27.1", "v0_27")])
 def test_each_vllm_line_takes_its_own_shim(version, line):
     assert lines.line_module("vllm_groups", VLLM[version]).__name__.rsplit(".", 1)[-1] == line
@@ -177,6 +177,43 @@ def test_a_crashing_configuration_is_its_own_outcome_and_the_others_are_still_ca
                         {"refused": "fake 1.0 refuses it"},
                         {"not_in_release": "not in fake 1.0: flashcomm2 (...)"},
                         {"view": {"tp": [0, 1]}, "leftovers": ["flashcomm2_odp"]}]
+
+
+class _CrashOn:
+    """live_groups of a release that crashes on the ranks of ``crash_on``, builds tp [0, 1] elsewhere."""
+
+    crash_on: tuple[int, ...] = ()
+
+    @classmethod
+    @contextlib.contextmanager
+    def live_groups(cls, config, report_leftovers=None):
+        import torch.distributed as dist
+
+        if dist.get_rank() in cls.crash_on:
+            raise RuntimeError(f"shape invalid on rank {dist.get_rank()}")
+        yield {"tp": _Coordinator([0, 1])}
+
+
+def agreed_outcomes(crashing_ranks: list[tuple[int, ...]]) -> list[dict]:
+    """In a rank: capture_views' agreement over configurations crashing on the given ranks each."""
+    agreement = captured_layouts._Agreement()
+    outcomes = []
+    for ranks in crashing_ranks:
+        _CrashOn.crash_on = tuple(ranks)
+        outcomes.append(captured_layouts.capture_one(_CrashOn, dict(world_size=2, tp=2, pp=1, dp=1), False,
+                                                     agreement.settle))
+    return outcomes
+
+
+def test_a_crash_on_every_rank_is_the_configurations_outcome_and_one_rank_alone_ends_the_run(world):
+    from ascend_conformance.harness.pool import RankFailure
+
+    both = world(2).run(agreed_outcomes, [(), (0, 1), ()])  # fine, crashes on ranks 0 and 1, fine
+    assert [[sorted(o) for o in outcomes] for outcomes in both] == [[["leftovers", "view"], ["crashed"],
+                                                                     ["leftovers", "view"]]] * 2
+    assert both[1][1] == {"crashed": "RuntimeError: shape invalid on rank 1"}
+    with pytest.raises(RankFailure, match="RuntimeError: shape invalid on rank 1"):
+        world(2).run(agreed_outcomes, [(1,), ()])  # rank 1 alone: its crash ends the run
 
 
 def test_the_outcome_of_a_configuration_names_every_rank_that_crashed():

@@ -10,19 +10,29 @@ configuration has one outcome per rank:
 * ``{"refused": line}``: the release's configuration step said no (before any group exists, on every
   rank alike, so the world stays in step);
 * ``{"not_in_release": reason}``: the configuration needs a feature the installed release lacks;
-* ``{"crashed": "Type: first line"}``: the release (or the adapter) raised anything else. The next
-  configuration still runs, so one crashing configuration does not take the others of its world with it.
+* ``{"crashed": "Type: first line"}``: the release (or the adapter) raised anything else on *every*
+  rank. The next configuration still runs, so one crashing configuration does not take the others of its
+  world with it. Ranks that crash at the same line of the release are in step; a rank that crashes alone
+  may leave its peers blocked in a collective with it, so the ranks first agree (:class:`_Agreement`,
+  through the world's store, with a timeout): unless every rank crashed, the crash ends the run as any
+  rank failure does (the harness stops the others), never a hang.
 
 Judging the views is not done here: :mod:`ascend_conformance.layout_verdict` merges and judges them.
 """
 from __future__ import annotations
 
+import datetime
 import importlib
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 
 from ascend_conformance.errors import ConfigError, SutRefused, one_line
 from ascend_conformance.sut import VLLM, VLLM_ASCEND
 
+# How long a rank that crashed waits for the others' outcomes of the configuration. Ranks crashing at the
+# same line of the release report within seconds of each other, even on a loaded box; a rank that never
+# reports is blocked in a collective with the crashed one.
+AGREEMENT_TIMEOUT = datetime.timedelta(seconds=300)
 ADAPTERS = {VLLM: "ascend_conformance.sut.vllm_groups", VLLM_ASCEND: "ascend_conformance.sut.vllm_ascend_groups"}
 
 
@@ -33,8 +43,11 @@ def adapter(sut: str):
     return importlib.import_module(ADAPTERS[sut])
 
 
-def capture_one(module, fields: Mapping, with_leftovers: bool) -> dict:
-    """This rank's outcome of one configuration (see the module docstring)."""
+def capture_one(module, fields: Mapping, with_leftovers: bool,
+                settle: Callable[[dict], bool] | None = None) -> dict:
+    """This rank's outcome of one configuration (see the module docstring). ``settle(outcome)``: the
+    agreement of the ranks (:meth:`_Agreement.settle`); when it says the crash is this rank's alone, the
+    exception is raised."""
     from ascend_conformance.sut import lines
     from ascend_conformance.topology import ParallelConfig
 
@@ -44,18 +57,55 @@ def capture_one(module, fields: Mapping, with_leftovers: bool) -> dict:
         with module.live_groups(ParallelConfig(**fields), **options) as built:
             view = {kind: [int(rank) for rank in coordinator.ranks] for kind, coordinator in built.items()}
     except SutRefused as refusal:
-        return {"refused": str(refusal)}
+        result = {"refused": str(refusal)}
     except lines.NotInRelease as absent:
-        return {"not_in_release": str(absent)}
+        result = {"not_in_release": str(absent)}
     except Exception as exc:  # noqa: BLE001 - the release's (or the adapter's) crash, reported per configuration
-        return {"crashed": one_line(exc, with_type=True)}
-    return {"view": view, "leftovers": leftovers}
+        result = {"crashed": one_line(exc, with_type=True)}
+        if settle is not None and not settle(result):
+            raise
+        return result
+    else:
+        result = {"view": view, "leftovers": leftovers}
+    if settle is not None:
+        settle(result)
+    return result
+
+
+class _Agreement:
+    """The ranks' outcomes of each configuration of one capture, through the world's store: a crash stands
+    as the configuration's outcome only when every rank crashed (then they are in step)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        token = [uuid.uuid4().hex if self.rank == 0 else None]
+        dist.broadcast_object_list(token, src=0)  # every rank starts the capture in step: a key space of its own
+        self.prefix = f"ascend-conformance/capture/{token[0]}"
+        self.store = dist.distributed_c10d._get_default_store()
+        self.index = 0
+
+    def settle(self, result: dict) -> bool:
+        """Note this rank's outcome of the current configuration; for a crash, True when every rank crashed."""
+        keys = [f"{self.prefix}/{self.index}/{rank}" for rank in range(self.world_size)]
+        self.index += 1
+        crashed = "crashed" in result
+        self.store.set(keys[self.rank], "crashed" if crashed else "ok")
+        if not crashed:
+            return True
+        try:
+            self.store.wait(keys, AGREEMENT_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a rank that never reports: blocked in a collective with this one
+            return False
+        return all(self.store.get(key) == b"crashed" for key in keys)
 
 
 def capture_views(sut: str, configs: Sequence[Mapping]) -> list[dict]:
     """In every rank: the outcome of each ParallelConfig field dict of ``configs``, in order."""
     module = adapter(sut)
-    return [capture_one(module, fields, sut == VLLM_ASCEND) for fields in configs]
+    agreement = _Agreement()
+    return [capture_one(module, fields, sut == VLLM_ASCEND, agreement.settle) for fields in configs]
 
 
 def outcome(per_rank: Sequence[Mapping]) -> tuple[str, object]:

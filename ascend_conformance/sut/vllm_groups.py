@@ -134,7 +134,7 @@ def vllm_configuration(config: ParallelConfig, *, additional_config: dict | None
     ``kv_transfer``: (KV role, the connector's extra config) of a PD deployment. ``model``: a Hugging Face
     config (``config.json`` contents, no weights) for releases that read the model to build the groups.
     """
-    from vllm.config import DeviceConfig, VllmConfig
+    from vllm.config import CacheConfig, DeviceConfig, VllmConfig
     from vllm.config import ParallelConfig as VllmParallelConfig
     from vllm.platforms import current_platform
 
@@ -142,6 +142,9 @@ def vllm_configuration(config: ParallelConfig, *, additional_config: dict | None
     with bringup.refusals(label(), config):
         kwargs = {"parallel_config": VllmParallelConfig(**line.parallel_config_fields(config)),
                   "additional_config": additional_config or {}}
+        cache = line.cache_config_fields()
+        if cache:
+            kwargs["cache_config"] = CacheConfig(**cache)
         if not current_platform.device_type:  # see the module docstring: no platform of vLLM's own here
             kwargs["device_config"] = DeviceConfig(device="cpu")
         if kv_transfer is not None:

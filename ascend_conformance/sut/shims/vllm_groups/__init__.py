@@ -1,8 +1,9 @@
 """vLLM's group construction per release line (:mod:`ascend_conformance.sut.vllm_groups`,
 :func:`ascend_conformance.sut.bringup.model_parallel_groups`).
 
-What every line shares is declared here; a line module (``v0_13.py``, ...) holds the calls that moved.
-vLLM 0.13.0, 0.18.0, 0.23.0 and 0.27.1 build their groups with the same calls, so ``v0_13`` serves them all.
+What every line shares is declared here; a line module holds what moved: ``v0_13`` (0.13: its swap space,
+which refuses TP 8 on a small host), ``v0_18`` (0.18 to 0.26), ``v0_27`` (0.27: PCP needs Triton). vLLM
+0.13.0, 0.18.0, 0.23.0 and 0.27.1 build their groups with the same calls.
 """
 from __future__ import annotations
 

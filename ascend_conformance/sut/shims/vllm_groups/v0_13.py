@@ -1,6 +1,11 @@
-"""vLLM 0.13 onwards (0.13.0, 0.18.0, 0.23.0, 0.27.1): a model-free ``VllmConfig`` with an
-``external_launcher`` ParallelConfig, ``init_distributed_environment`` adopting the world's default group,
-``initialize_model_parallel`` with the prefill context parallel size."""
+"""vLLM 0.13: a ``VllmConfig`` with an ``external_launcher`` ParallelConfig, ``init_distributed_environment``
+adopting the world's default group, ``initialize_model_parallel`` with the prefill context parallel size
+(the calls of every line since).
+
+What moved after 0.13: its ``CacheConfig`` reserves ``swap_space`` (default 4 GiB) of CPU memory per TP rank
+and refuses a configuration whose TP ranks would take more than 70 % of the host's memory ("Too large swap
+space"): TP 8 on a host of less than 46 GiB. Groups do not depend on the KV swap space, so the configuration
+asks for none (``--swap-space 0``, as a user of such a host would); 0.18 dropped the field."""
 from __future__ import annotations
 
 from ascend_conformance.sut.lines import Feature
@@ -19,7 +24,8 @@ FEATURES = {
                    ("tensor_model_parallel_size", "pipeline_model_parallel_size", "backend")),
               Need(STATE, "destroy_model_parallel"),
               Need("vllm.config", "VllmConfig"), Need("vllm.config", "set_current_vllm_config"),
-              Need("vllm.config.parallel", "ParallelConfig.distributed_executor_backend"))),
+              Need("vllm.config.parallel", "ParallelConfig.distributed_executor_backend"),
+              Need("vllm.config.cache", "CacheConfig.swap_space"))),
     # Prefill context parallelism: a ParallelConfig field, a size of initialize_model_parallel, a group.
     "pcp": Feature(
         marker=(Need("vllm.config.parallel", "ParallelConfig.prefill_context_parallel_size"), Need(STATE, "get_pcp_group")),
@@ -36,6 +42,11 @@ def parallel_config_fields(config) -> dict:
     """vLLM's ``ParallelConfig(...)`` arguments for the sizes of ``config`` (a ParallelConfig of ours)."""
     return dict(tensor_parallel_size=config.tp, pipeline_parallel_size=config.pp, data_parallel_size=config.dp,
                 prefill_context_parallel_size=config.pcp, distributed_executor_backend="external_launcher")
+
+
+def cache_config_fields() -> dict:
+    """``CacheConfig(...)`` arguments, or none for the default cache config."""
+    return {"swap_space": 0}
 
 
 def kv_transfer_fields(role: str, extra: dict) -> dict:

@@ -1,4 +1,4 @@
-"""vLLM 0.27: the calls of 0.13 onwards, but prefill context parallelism runs only on the V2 model runner,
+"""vLLM 0.27: the calls of 0.18, but prefill context parallelism runs only on the V2 model runner,
 which ``VllmConfig`` refuses without Triton ("Model Runner V2 requires Triton."). An NPU host has Triton
 (vllm-ascend main requires triton-ascend); this suite's CPU pairs install no accelerator stack, so there a
 PCP configuration is skipped with that reason, not reported as the release's refusal."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib.util
 
 from ascend_conformance.sut import installed
-from ascend_conformance.sut.shims.vllm_groups.v0_13 import (  # noqa: F401 - the calls did not move
-    FEATURES, init_parallel_state, kv_transfer_fields, parallel_config_fields,
+from ascend_conformance.sut.shims.vllm_groups.v0_18 import (  # noqa: F401 - these calls did not move
+    FEATURES, cache_config_fields, init_parallel_state, kv_transfer_fields, parallel_config_fields,
 )
 
 
