@@ -113,6 +113,17 @@ COORDINATOR_DTYPES = ["float32", "float16", "bfloat16", "int32", "int64"]
 RUN_TIMEOUT = 1200  # seconds: one batched world run (imports of the stack in every rank included)
 
 
+# What this worker already read of the shared runs: every test of a batch reads the same outcome, and
+# reading it through the shared file (lock, load) for each of a few hundred tests costs seconds.
+_READ: dict = {}
+
+
+def _shared(shared_runs, key: str, run):
+    if key not in _READ:
+        _READ[key] = shared_runs.get(key, run)
+    return _READ[key]
+
+
 class SutCrashed(RuntimeError):
     """The release (or the adapter) raised building one configuration: a crash, never a divergence."""
 
@@ -154,7 +165,7 @@ def _capture_batch(world, shared_runs, sut: str, world_size: int, configs: dict)
             capture_views, sut, [configs[name] for name in names])
         return {name: [outcomes[i] for outcomes in per_rank] for i, name in enumerate(names)}
 
-    return shared_runs.get(f"{sut}-layouts-{'-'.join(names)}", run)
+    return _shared(shared_runs, f"{sut}-layouts-{'-'.join(names)}", run)
 
 
 def _built(world, shared_runs, sut: str, name: str, configs: dict) -> list[dict]:
@@ -332,7 +343,7 @@ def test_vllm_coordinator(world, shared_runs, layout, case, dtype, claim):
 
     key = (case, dtype, claim) if dtype else (case, claim)
     what = f"GroupCoordinator {case}{' ' + dtype if dtype else ''} ({claim}) on {layout}"
-    verdict = shared_runs.get(f"vllm-coordinators-{layout}", run)[key]
+    verdict = _shared(shared_runs, f"vllm-coordinators-{layout}", run)[key]
     if verdict["raised"]:  # the release's own error: a crash, which no expectation hides
         raise SutCrashed(f"{adapter(VLLM).label()} {what} raised:\n" + "\n".join(verdict["raised"][:20]))
     if verdict["problems"]:

@@ -21,6 +21,7 @@ Nothing here judges anything; :func:`label` names the installed release as every
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -158,12 +159,19 @@ def model_parallel_groups(config: ParallelConfig, vllm_config) -> Iterator[None]
     backend = dist.get_backend()
     with set_current_vllm_config(vllm_config):
         try:
-            lines.shim("vllm_groups", "vllm").init_parallel_state(
+            _vllm_shim().init_parallel_state(
                 config, rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
                 backend=backend)
             yield
         finally:
             destroy_parallel_state()
+
+
+@functools.lru_cache(maxsize=None)
+def _vllm_shim():
+    """vLLM's groups shim for the installed line (cached: a process has one release, and reading a linked
+    checkout's costs git calls)."""
+    return lines.shim("vllm_groups", "vllm")
 
 
 def model_directory(hf_config: Mapping) -> str:
