@@ -85,6 +85,23 @@ class Case:
     compare: Kind = Kind.EXACT
     dtypes: tuple = tuple(DTYPES)
     needs_peer: bool = False  # point-to-point: not on groups of one
+    claim: str = "values"  # what ``result`` claims (see :func:`claims`): "sum" for the reductions
+
+    def claims(self) -> tuple[str, ...]:
+        """The claims this case makes, one per kind of observation (:data:`CLAIM_OF_KEY`), in key order."""
+        sample = self.expect([0, 1], 0, DTYPES[self.dtypes[0]], 0)
+        return tuple(dict.fromkeys(claim_of(self, key) for key in sample))
+
+
+# One verdict per claim (a known divergence of one claim must not hide another): the observation keys of
+# a case and the claim each makes. ``result`` claims the case's own ``claim`` (the values: a sum, a gather).
+CLAIM_OF_KEY = {"input_after": "in_place", "returns_input": "returns", "second": "values"}
+
+
+def claim_of(case: "Case", key: str) -> str:
+    """The claim observation ``key`` of ``case`` makes: ``in_place`` (the input is left as it was),
+    ``returns`` (the call returns a new tensor, or the input where the contract says so), else the values."""
+    return case.claim if key == "result" else CLAIM_OF_KEY.get(key, key)
 
 
 def _run_all_reduce(g: GroupCoordinator, dtype, salt):
@@ -275,14 +292,15 @@ _reduce_scatter_first = _reduce_scatter_case(0)
 _reduce_scatter_last = _reduce_scatter_case(-1)
 
 CASES = [
-    Case("all_reduce", _run_all_reduce, _expect_all_reduce, Kind.SUM_EXACT),
-    Case("all_reduce_avg", _run_all_reduce_avg, _expect_all_reduce_avg, Kind.AVERAGE, dtypes=FLOAT_DTYPES),
+    Case("all_reduce", _run_all_reduce, _expect_all_reduce, Kind.SUM_EXACT, claim="sum"),
+    Case("all_reduce_avg", _run_all_reduce_avg, _expect_all_reduce_avg, Kind.AVERAGE, dtypes=FLOAT_DTYPES,
+         claim="mean"),
     Case("all_gather_dim-1", *_all_gather_last),
     Case("all_gather_dim0", *_all_gather_first, dtypes=("float32", "int64")),
-    Case("reduce_scatter_dim0", *_reduce_scatter_first, Kind.SUM_EXACT),
-    Case("reduce_scatter_dim-1", *_reduce_scatter_last, Kind.SUM_EXACT, dtypes=("float32", "int64")),
+    Case("reduce_scatter_dim0", *_reduce_scatter_first, Kind.SUM_EXACT, claim="sum"),
+    Case("reduce_scatter_dim-1", *_reduce_scatter_last, Kind.SUM_EXACT, dtypes=("float32", "int64"), claim="sum"),
     Case("all_gatherv", _run_all_gatherv, _expect_all_gatherv),
-    Case("reduce_scatterv", _run_reduce_scatterv, _expect_reduce_scatterv, Kind.SUM_EXACT),
+    Case("reduce_scatterv", _run_reduce_scatterv, _expect_reduce_scatterv, Kind.SUM_EXACT, claim="sum"),
     Case("gather", _run_gather, _expect_gather),
     Case("broadcast", _run_broadcast, _expect_broadcast),
     Case("all_to_all_single", _run_all_to_all_even, _expect_all_to_all_even),
@@ -405,6 +423,20 @@ def differences(label: str, actual, expected, compare: Kind) -> list[str]:
             return [str(exc)]
         return []
     return [] if actual == expected else [f"{label}: got {actual!r}, expected {expected!r}"]
+
+
+def differences_by_claim(label: str, case: Case, actual, expected) -> dict[str, list[str]]:
+    """:func:`differences` of one observation of ``case``, split by claim (:func:`claim_of`): ``{claim:
+    [lines]}`` for every claim of the case. Observed keys other than the expected ones are a fault of
+    every claim (the observation is not what the case makes)."""
+    found: dict[str, list[str]] = {claim: [] for claim in case.claims()}
+    if not isinstance(actual, dict) or set(actual) != set(expected):
+        problem = differences(label, actual, expected, case.compare)
+        return {claim: list(problem) for claim in found}
+    for key in expected:
+        kind = case.compare if key == "result" else Kind.EXACT
+        found.setdefault(claim_of(case, key), []).extend(differences(f"{label}.{key}", actual[key], expected[key], kind))
+    return found
 
 
 def check_report(config_fields: dict, dtype_names: list[str], per_rank: list[dict]) -> tuple[int, list[str]]:

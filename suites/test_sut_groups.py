@@ -3,17 +3,19 @@
 0. how a capture is judged: merging the ranks' views, the verdict and its Divergence (device-free);
 1. ``test_live_layout[<sut>-<config>]``: the installed release builds the groups of the configuration in a
    world of its size (its groups adapter: ``ascend_conformance/sut/vllm_groups.py``,
-   ``vllm_ascend_groups.py``), every rank reads its groups back, and the merged layout must (a) pass the
-   invariant checker and (b) equal the reference ``build_layout`` on every kind the SUT builds; anything
-   else raises Divergence naming the kind, the release's groups and the reference's. One world run per
-   (SUT, world size) captures every configuration of that size.
+   ``vllm_ascend_groups.py``, with a shim per release line), every rank reads its groups back, and the
+   merged layout must (a) pass the invariant checker and (b) equal the reference ``build_layout`` on every
+   kind the release has; anything else raises Divergence naming the kind, the release's groups and the
+   reference's. One world run per (SUT, world size) captures every configuration of that size; a
+   configuration that crashes fails alone. A configuration needing a feature the installed release lacks
+   (FlashComm2 on main, say) is "not in <release>: ...".
 2. ``test_destroy_leaves_no_group[...]``: after the release's own destroy, no group of vllm-ascend's is
    left behind (read in the same runs).
 3. ``test_release_refuses[...]``: what a release refuses surfaces as one SutRefused line naming the
    release and its own message, never as a divergence.
-4. ``test_vllm_coordinator[<layout>-<case>]``: vLLM's own GroupCoordinator, on the tp / pp / dp / ep
-   groups of a live capture, through the expectations of docs/collectives.md (exact inputs); one world
-   run per layout.
+4. ``test_vllm_coordinator[<layout>-<case>[-<dtype>]-<claim>]``: vLLM's own GroupCoordinator, on the tp / pp /
+   dp / ep groups of a live capture, through the expectations of docs/collectives.md (exact inputs); one
+   verdict per claim (all_reduce's sum, in_place and returns are three tests); one world run per layout.
 
 Known divergences and known crashes of the installed releases are expectations from ``suites/expectations/``,
 each waiving only the failure whose message it matches (any other crash, or a refusal, fails).
@@ -24,9 +26,12 @@ import pytest
 from sut_support import need_stack, sut_world
 
 from ascend_conformance.errors import Divergence, SutRefused
-from ascend_conformance.sut import VLLM, VLLM_ASCEND
-from ascend_conformance.sut.captured_layouts import CaptureError, adapter, capture_views, judge, merge_rank_views
-from ascend_conformance.sut.vllm_coordinators import CASE_NAMES, check_coordinators, exercise_coordinators
+from ascend_conformance.layout_verdict import CaptureError, judge, merge_rank_views
+from ascend_conformance.sut import VLLM, VLLM_ASCEND, vllm_groups
+from ascend_conformance.sut.captured_layouts import adapter, capture_views, outcome
+from ascend_conformance.sut.vllm_coordinators import (
+    CASES, METHODS, PER_KIND_CASES, PER_KIND_CLAIM, check_coordinators, exercise_coordinators,
+)
 from ascend_conformance.topology import ParallelConfig, build_layout
 
 
@@ -82,7 +87,8 @@ VLLM_ASCEND_CONFIGS = {
     "W8-PP2-TP4-fc2o2-sharding": cfg(8, tp=4, pp=2, flashcomm2_otp=2, layer_sharding=True),
     "W8-DP2-TP4-fc2o1-sharding": cfg(8, tp=4, dp=2, flashcomm2_otp=1, layer_sharding=True),
     "W8-TP8-fc2o4": cfg(8, tp=8, flashcomm2_otp=4),
-    "W8-TP8-ptp4": cfg(8, tp=8, pd_tp_ratio=4, **PD_PRODUCER),
+    # pd_head_ratio 4: a deployment of prefill TP 8, decode TP 2 without replicated heads (vllm_ascend_groups.pd_deployment)
+    "W8-TP8-ptp4": cfg(8, tp=8, pd_tp_ratio=4, kv_producer=True, pd_head_ratio=4),
     "W8-TP8-ptp4-heads2": cfg(8, tp=8, pd_tp_ratio=4, num_head_replica=2, **PD_PRODUCER),
 }
 CONFIGS = {VLLM: VLLM_CONFIGS, VLLM_ASCEND: VLLM_ASCEND_CONFIGS}
@@ -108,17 +114,75 @@ COORDINATOR_DTYPES = ["float32", "float16", "bfloat16", "int32", "int64"]
 RUN_TIMEOUT = 1200  # seconds: one batched world run (imports of the stack in every rank included)
 
 
-def _capture_batch(world, shared_runs, sut: str, world_size: int, configs: dict) -> dict:
-    """{name: per-rank outcomes} of every configuration of ``configs`` of this world size, from one run."""
+# What this worker already read of the shared runs: every test of a batch reads the same outcome, and
+# reading it through the shared file (lock, load) for each of a few hundred tests costs seconds.
+_READ: dict = {}
+
+
+def _shared(shared_runs, key: str, run):
+    if key not in _READ:
+        _READ[key] = shared_runs.get(key, run)
+    return _READ[key]
+
+
+class SutCrashed(RuntimeError):
+    """The release (or the adapter) raised building one configuration: a crash, never a divergence."""
+
+
+def _config(fields: dict) -> ParallelConfig:
+    return ParallelConfig(**fields)
+
+
+def _need(sut: str, fields: dict, *features: str) -> None:
+    """Skip unless the installed releases can build ``fields`` here (and have the vLLM ``features``): as
+    ``not in <release>: ...`` (sut_support.need_feature's outcome, through the adapters' per-process cache of
+    the probes: reading a linked checkout's release costs git calls), or with the host's reason. A shim that
+    does not fit fails the test (ShimMismatch)."""
     need_stack(sut)
-    names = [name for name, fields in configs.items() if fields["world_size"] == world_size]
+    module = adapter(sut)
+    absent = module.missing(_config(fields)) or vllm_groups.first_missing(
+        [(vllm_groups.ADAPTER, VLLM, feature) for feature in features])
+    if absent:
+        pytest.skip(absent)
+    reason = module.host_reason(_config(fields))
+    if reason:
+        pytest.skip(reason)
+
+
+def _buildable(sut: str, fields: dict) -> bool:
+    module = adapter(sut)
+    return module.missing(_config(fields)) is None and module.host_reason(_config(fields)) is None
+
+
+def _capture_batch(world, shared_runs, sut: str, world_size: int, configs: dict) -> dict:
+    """{name: per-rank outcomes} of every configuration of ``configs`` of this world size the installed
+    releases can build here, from one run."""
+    need_stack(sut)
+    names = [name for name, fields in configs.items()
+             if fields["world_size"] == world_size and _buildable(sut, fields)]
 
     def run():
         per_rank = sut_world(world, sut, world_size, timeout=RUN_TIMEOUT).run(
             capture_views, sut, [configs[name] for name in names])
         return {name: [outcomes[i] for outcomes in per_rank] for i, name in enumerate(names)}
 
-    return shared_runs.get(f"{sut}-layouts-{'-'.join(names)}", run)
+    return _shared(shared_runs, f"{sut}-layouts-{'-'.join(names)}", run)
+
+
+def _built(world, shared_runs, sut: str, name: str, configs: dict) -> list[dict]:
+    """Every rank's outcome of configuration ``name`` that built its groups; a refusal raises SutRefused,
+    a crash SutCrashed (naming the ranks)."""
+    fields = configs[name]
+    _need(sut, fields)
+    per_rank = _capture_batch(world, shared_runs, sut, fields["world_size"], configs)[name]
+    what, value = outcome(per_rank)
+    if what == "refused":
+        raise SutRefused(value)
+    if what == "not_in_release":  # the probe in this process and the release in the ranks disagree
+        raise SutCrashed(f"{adapter(sut).label()} lacks what {name} needs, though its source has it: {value}")
+    if what == "crashed":
+        raise SutCrashed(f"{adapter(sut).label()} crashed building {_config(fields).describe()}: {value}")
+    return per_rank
 
 
 def _fields(sut: str, name: str) -> dict:
@@ -126,11 +190,17 @@ def _fields(sut: str, name: str) -> dict:
 
 
 def _captured(world, shared_runs, sut: str, name: str) -> list[dict]:
-    batch = {name: CRASHING[sut][name]} if name in CRASHING.get(sut, {}) else CONFIGS[sut]
-    outcomes = _capture_batch(world, shared_runs, sut, batch[name]["world_size"], batch)[name]
-    if "refused" in outcomes[0]:
-        raise SutRefused(outcomes[0]["refused"])
-    return outcomes
+    """Configuration ``name`` of ``sut`` as every rank built it; a known-crashing one runs in a world of its
+    own (``CRASHING``), so its crash is its test's outcome alone."""
+    configs = {name: CRASHING[sut][name]} if name in CRASHING.get(sut, {}) else CONFIGS[sut]
+    return _built(world, shared_runs, sut, name, configs)
+
+
+def _release(sut: str) -> str:
+    """The label a verdict names: ``vllm 0.23.0``, ``vllm_ascend 0.18.0 (on vllm 0.18.0)``."""
+    if sut == VLLM:
+        return adapter(VLLM).label()
+    return f"{adapter(sut).label()} (on {adapter(VLLM).label()})"
 
 
 def _params(kind: str):
@@ -185,6 +255,9 @@ def test_only_the_kinds_a_sut_builds_are_judged():
     assert judgement.layout["dcp"] == [[0], [1], [2], [3]]
     missing = judge(merge_rank_views(views), config, adapter(VLLM_ASCEND).KINDS)
     assert {d.kind for d in missing.differences if d.change == "kind_missing"} == {"mc2", "dynamic_eplb", "fc3_quant_x"}
+    # A kind the release does not have (fc3_quant_x on vllm-ascend main) is not judged.
+    without = tuple(kind for kind in adapter(VLLM_ASCEND).KINDS if kind != "fc3_quant_x")
+    assert "fc3_quant_x" not in judge(merge_rank_views(views), config, without).kinds
 
 
 @pytest.mark.parametrize("views, message", [
@@ -197,28 +270,16 @@ def test_inconsistent_rank_views_are_refused_naming_the_ranks(views, message):
         merge_rank_views(views)
 
 
-def test_what_vllm_ascend_is_asked_for():
-    config = ParallelConfig(world_size=8, tp=4, pp=1, dp=2, lmhead_tp=2, flashcomm2_otp=2, layer_sharding=True,
-                            kv_producer=True, pd_tp_ratio=2, pd_head_ratio=2)
-    vllm_ascend = adapter(VLLM_ASCEND)
-    options = vllm_ascend.additional_config(config)
-    assert options == {"eplb_config": {"dynamic_eplb": True}, "multistream_overlap_gate": True,
-                       "enable_flashcomm2_parallel_size": 2, "layer_sharding": ["o_proj"]}
-    assert vllm_ascend.kv_role(config) == "kv_producer" and vllm_ascend.ENVIRONMENT == {"DYNAMIC_EPLB": "true"}
-    assert vllm_ascend.kv_role(ParallelConfig(world_size=4, tp=4, pp=1, dp=1, pd_tp_ratio=2)) == "kv_consumer"
-    assert vllm_ascend.kv_role(ParallelConfig(world_size=2, tp=2, pp=1, dp=1)) is None
-
-
 # -- 1. the layout -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sut, name", _params("layout"))
 def test_live_layout(world, shared_runs, sut, name):
     config = ParallelConfig(**_fields(sut, name))
     layout = merge_rank_views([outcome["view"] for outcome in _captured(world, shared_runs, sut, name)])
-    module = adapter(sut)
-    judgement = judge(layout, config, module.KINDS)
-    judgement.raise_divergence(module.label() if sut == VLLM else f"{module.label()} (on {adapter(VLLM).label()})")
-    assert set(judgement.kinds) >= set(module.KINDS) & set(config.group_kinds()), judgement.kinds
+    kinds = adapter(sut).kinds()
+    judgement = judge(layout, config, kinds)
+    judgement.raise_divergence(_release(sut))
+    assert set(judgement.kinds) >= set(kinds) & set(config.group_kinds()), judgement.kinds
 
 
 # -- 2. what destroy leaves ------------------------------------------------------------------------------
@@ -238,39 +299,56 @@ def test_destroy_leaves_no_group(world, shared_runs, sut, name):
 @pytest.mark.parametrize("sut, name", [pytest.param(sut, name, marks=pytest.mark.sut(sut), id=f"{sut}-{name}")
                                        for sut, name in REFUSED])
 def test_release_refuses(world, shared_runs, sut, name):
+    """A refusal of a feature the release lacks (FlashComm2's on main) is not in it; a release that builds a
+    configuration it refused before fails here, so the configuration moves to the ones judged."""
     fields, words = REFUSED[(sut, name)]
-    outcomes = _capture_batch(world, shared_runs, sut, fields["world_size"],
-                              {n: f for (s, n), (f, _) in REFUSED.items() if s == sut})[name]
-    refusal = outcomes[0].get("refused")
-    assert refusal is not None, f"{adapter(sut).label()} now builds {name}: move it to the configurations checked"
-    assert all(outcome.get("refused") == refusal for outcome in outcomes)
+    refused = {n: f for (s, n), (f, _) in REFUSED.items() if s == sut}
+    try:
+        per_rank = _built(world, shared_runs, sut, name, refused)
+    except SutRefused as exc:
+        refusal = str(exc)
+    else:
+        pytest.fail(f"{adapter(sut).label()} now builds {name}: move it to the configurations checked "
+                    f"({len(per_rank)} ranks built it)")
     assert refusal.startswith(f"{adapter(sut).label()} refuses {ParallelConfig(**fields).describe()}: ")
     assert words in refusal and "\n" not in refusal
 
 
 # -- 4. vLLM's GroupCoordinator ---------------------------------------------------------------------------
 
+def _coordinator_params():
+    """``<layout>-<case>-<dtype>-<claim>`` (``<layout>-<case>-<claim>`` for the dtype-free cases): one verdict each."""
+    params = []
+    for layout in COORDINATOR_LAYOUTS:
+        keys = [(case.name, dtype, claim) for case in CASES for dtype in COORDINATOR_DTYPES if dtype in case.dtypes
+                for claim in case.claims()]
+        keys += [(name, None, PER_KIND_CLAIM) for name in PER_KIND_CASES]
+        params += [pytest.param(layout, case, dtype, claim, id="-".join(x for x in (layout, case, dtype, claim) if x))
+                   for case, dtype, claim in keys]
+    return params
+
+
 @pytest.mark.sut(VLLM)
-@pytest.mark.parametrize("layout, case", [(layout, case) for layout in COORDINATOR_LAYOUTS for case in CASE_NAMES],
-                         ids=[f"{layout}-{case}" for layout in COORDINATOR_LAYOUTS for case in CASE_NAMES])
-def test_vllm_coordinator(world, shared_runs, layout, case):
-    need_stack(VLLM)
+@pytest.mark.parametrize("layout, case, dtype, claim", _coordinator_params())
+def test_vllm_coordinator(world, shared_runs, layout, case, dtype, claim):
     fields = COORDINATOR_LAYOUTS[layout]
+    _need(VLLM, fields, *(f"GroupCoordinator.{method}" for method in METHODS[case]))
 
     def run():
         per_rank = sut_world(world, VLLM, fields["world_size"], timeout=RUN_TIMEOUT).run(
             exercise_coordinators, fields, COORDINATOR_DTYPES)
         return check_coordinators(fields, COORDINATOR_DTYPES, per_rank)
 
-    verdict = shared_runs.get(f"vllm-coordinators-{layout}", run)[case]
+    key = (case, dtype, claim) if dtype else (case, claim)
+    what = f"GroupCoordinator {case}{' ' + dtype if dtype else ''} ({claim}) on {layout}"
+    verdict = _shared(shared_runs, f"vllm-coordinators-{layout}", run)[key]
     if verdict["raised"]:  # the release's own error: a crash, which no expectation hides
-        raise RuntimeError(f"{adapter(VLLM).label()} GroupCoordinator {case} on {layout} raised:\n"
-                           + "\n".join(verdict["raised"][:20]))
+        raise SutCrashed(f"{adapter(VLLM).label()} {what} raised:\n" + "\n".join(verdict["raised"][:20]))
     if verdict["problems"]:
-        raise Divergence(f"{adapter(VLLM).label()} GroupCoordinator {case} on {layout} differs from "
-                         f"docs/collectives.md ({len(verdict['problems'])} mismatches in {verdict['checks']} checks)\n"
+        raise Divergence(f"{adapter(VLLM).label()} {what} differs from docs/collectives.md "
+                         f"({len(verdict['problems'])} mismatches in {verdict['checks']} checks)\n"
                          + "\n".join(verdict["problems"][:20]))
     if verdict["unavailable"]:  # a check that cannot be made is skipped, even when the others passed
-        pytest.skip(f"{adapter(VLLM).label()} GroupCoordinator {case}: {verdict['checks']} checks right, not "
-                    f"available on {'; '.join(verdict['unavailable'])}")
+        pytest.skip(f"{adapter(VLLM).label()} {what}: {verdict['checks']} checks right, not available on "
+                    f"{'; '.join(verdict['unavailable'])}")
     assert verdict["checks"] > 0

@@ -157,7 +157,8 @@ LIVE_FLAGS = {
 
 
 def test_live_json_is_what_the_release_builds_for_fine_grained_tp_pd_and_flashcomm2(world):
-    from ascend_conformance.sut.captured_layouts import capture_views, merge_rank_views
+    from ascend_conformance.layout_verdict import merge_rank_views
+    from ascend_conformance.sut.captured_layouts import capture_views
 
     _need_stack()
     configs = [fields for _, fields in LIVE_FLAGS.values()]

@@ -111,15 +111,20 @@ def _load_layout(path: str) -> dict:
 
 def capture_live(sut: str, config: ParallelConfig, timeout: float) -> dict | str:
     """The layout release ``sut`` builds for ``config`` on a world of the detected platform, or (a crash) the
-    rank failure's text. A missing SUT or a refused configuration raises ConfigError / SutRefused."""
+    release's error. A missing SUT, a feature the release lacks or a refused configuration raises
+    ConfigError / SutRefused."""
     from ascend_conformance.harness.pool import RankFailure
     from ascend_conformance.harness.world import standalone_runner
+    from ascend_conformance.layout_verdict import merge_rank_views
     from ascend_conformance.sut import stack
-    from ascend_conformance.sut.captured_layouts import capture_views, merge_rank_views
+    from ascend_conformance.sut.captured_layouts import adapter, capture_views, outcome
 
     reason = stack.unavailable_reason(sut)
     if reason:
         raise ConfigError(f"cannot build {sut}'s groups: {reason}")
+    absent = adapter(sut).missing(config) or adapter(sut).host_reason(config)
+    if absent:
+        raise ConfigError(f"cannot build {sut}'s groups of {config.describe()}: {absent}")
     n = config.world_size
     fields = dataclasses.asdict(config)
     with standalone_runner(rank_timeout=timeout, min_cpu_slots=n, max_warm_ranks=n,
@@ -131,12 +136,16 @@ def capture_live(sut: str, config: ParallelConfig, timeout: float) -> dict | str
             per_rank = runner.run(n, capture_views, (sut, [fields]), {}, f"topology --live {sut}", timeout)
         except RankFailure as failure:
             return str(failure)
-    outcomes = [captured[0] for captured in per_rank]
-    if "refused" in outcomes[0]:
+    what, value = outcome([captured[0] for captured in per_rank])
+    if what == "refused":
         from ascend_conformance.errors import SutRefused
 
-        raise SutRefused(outcomes[0]["refused"])
-    return merge_rank_views([outcome["view"] for outcome in outcomes])
+        raise SutRefused(value)
+    if what == "not_in_release":
+        raise ConfigError(f"cannot build {sut}'s groups of {config.describe()}: {value}")
+    if what == "crashed":
+        return value
+    return merge_rank_views(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_live(args: argparse.Namespace, config: ParallelConfig) -> int:
-    from ascend_conformance.sut.captured_layouts import adapter, judge
+    from ascend_conformance.layout_verdict import judge
+    from ascend_conformance.sut.captured_layouts import adapter
 
     sut = CLI_NAMES[args.live]
     if not math.isfinite(args.rank_timeout) or args.rank_timeout <= 0:
@@ -194,7 +204,7 @@ def _run_live(args: argparse.Namespace, config: ParallelConfig) -> int:
     if not args.check:
         return 0
     report = sys.stderr if args.json else sys.stdout
-    judgement = judge(captured, config, module.KINDS)
+    judgement = judge(captured, config, module.kinds())
     if not args.json:
         print(file=report)
     subject = f"{release} layout"

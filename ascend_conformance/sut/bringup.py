@@ -10,14 +10,20 @@ one module every adapter (groups, MoE, EPLB, layer sharding) uses for it.
    refuses becomes one :class:`~ascend_conformance.errors.SutRefused` line in its own words, on every rank
    at once (a refusal on some ranks only would otherwise hang the others);
 3. :func:`model_parallel_groups` adopts the world's default group as vLLM's world and builds vLLM's
-   model-parallel groups; :func:`destroy_parallel_state` undoes vllm-ascend's and vLLM's state and keeps the
-   default group, which the harness owns.
+   model-parallel groups (the calls of the installed vLLM line: its ``vllm_groups`` shim,
+   ``ascend_conformance/sut/shims/vllm_groups/``); :func:`destroy_parallel_state` undoes vllm-ascend's and
+   vLLM's state and keeps the default group, which the harness owns;
+4. :func:`model_config`: where a release reads the model to configure itself, the smallest model config
+   it accepts (a ``config.json`` of a few numbers, no weights) in a directory of its own.
 
 Nothing here judges anything; :func:`label` names the installed release as every result does.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -26,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from ascend_conformance.errors import SutRefused, one_line
-from ascend_conformance.sut import installed
+from ascend_conformance.sut import installed, lines
 from ascend_conformance.topology import ParallelConfig
 
 # What a configuration step of a release raises when it says no (its validation); anything else it
@@ -145,7 +151,6 @@ def model_parallel_groups(config: ParallelConfig, vllm_config) -> Iterator[None]
     :func:`destroy_parallel_state`."""
     import torch.distributed as dist
     from vllm.config import set_current_vllm_config
-    from vllm.distributed import parallel_state
 
     if not dist.is_initialized() or dist.get_world_size() != config.world_size:
         have = dist.get_world_size() if dist.is_initialized() else "none"
@@ -154,15 +159,43 @@ def model_parallel_groups(config: ParallelConfig, vllm_config) -> Iterator[None]
     backend = dist.get_backend()
     with set_current_vllm_config(vllm_config):
         try:
-            parallel_state.init_distributed_environment(
-                world_size=config.world_size, rank=dist.get_rank(), distributed_init_method=None,
-                local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())), backend=backend)
-            parallel_state.initialize_model_parallel(
-                tensor_model_parallel_size=config.tp, pipeline_model_parallel_size=config.pp,
-                prefill_context_model_parallel_size=config.pcp, backend=backend)
+            _vllm_shim().init_parallel_state(
+                config, rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                backend=backend)
             yield
         finally:
             destroy_parallel_state()
+
+
+@functools.lru_cache(maxsize=None)
+def _vllm_shim():
+    """vLLM's groups shim for the installed line (cached: a process has one release, and reading a linked
+    checkout's costs git calls)."""
+    return lines.shim("vllm_groups", "vllm")
+
+
+def model_directory(hf_config: Mapping) -> str:
+    """A directory holding ``config.json`` = ``hf_config`` (a Hugging Face model config, no weights),
+    shared by every process of this user that asks for the same config (named by its digest)."""
+    text = json.dumps(dict(hf_config), sort_keys=True)
+    path = os.path.join(tempfile.gettempdir(), f"ascend-conformance-models-{os.getuid()}",
+                        hashlib.sha256(text.encode()).hexdigest()[:16])
+    target = os.path.join(path, "config.json")
+    if not os.path.exists(target):
+        os.makedirs(path, exist_ok=True)
+        partial = f"{target}.{os.getpid()}"
+        with open(partial, "w") as f:
+            f.write(text)
+        os.replace(partial, target)  # atomic: ranks writing the same file at once never see half of it
+    return path
+
+
+def model_config(hf_config: Mapping):
+    """vLLM's ``ModelConfig`` of ``hf_config`` (:func:`model_directory`): no tokenizer, no weights."""
+    from vllm.config import ModelConfig
+
+    return ModelConfig(model=model_directory(hf_config), skip_tokenizer_init=True,
+                       dtype=hf_config.get("torch_dtype", "auto"))
 
 
 def destroy_parallel_state() -> None:
@@ -197,6 +230,5 @@ def destroy_parallel_state() -> None:
         state._WORLD = None
 
 
-
 __all__ = ["label", "launch_variables", "launcher_environment", "refusals", "release_message", "configure_everywhere",
-           "model_parallel_groups", "destroy_parallel_state", "REFUSALS"]
+           "model_parallel_groups", "destroy_parallel_state", "model_directory", "model_config", "REFUSALS"]

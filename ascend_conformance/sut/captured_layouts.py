@@ -1,42 +1,39 @@
-"""Layouts captured from a system under test, and their verdict against the reference (docs/layout.md).
+"""Capturing the layout a system under test builds, inside the ranks of a world (docs/layout.md).
 
-Rank side, :func:`capture_views` (shipped to every rank of a world by ``world(n).run`` or the CLI's runner):
-for each configuration in turn, the SUT's groups adapter builds its groups, the rank notes ``{kind: the
-ranks of its group}``, and the adapter destroys them again. One world run thus captures many
-configurations; a configuration the release refuses yields its one-line refusal instead of a view.
+:func:`capture_views` (shipped to every rank of a world by ``world(n).run`` or the CLI's runner): for each
+configuration in turn, the SUT's groups adapter builds its groups, the rank notes ``{kind: the ranks of its
+group}``, and the adapter destroys them again. One world run thus captures many configurations. Each
+configuration has one outcome per rank:
 
-Test side: :func:`merge_rank_views` turns the per-rank views into ``{kind: [[ranks], ...]}`` (proving them
-consistent: every member of a group reports the same group in the same order), and :func:`judge` holds it
-against the invariant checker and the reference ``build_layout``. :meth:`Judgement.raise_divergence`
-raises :class:`~ascend_conformance.errors.Divergence` naming every kind that differs, the release's
-groups and the reference's.
+* ``{"view": {kind: ranks}, "leftovers": [kinds]}``: what it built (``leftovers``: the kinds the
+  release's own destroy left set, vllm-ascend only);
+* ``{"refused": line}``: the release's configuration step said no (before any group exists, on every
+  rank alike, so the world stays in step);
+* ``{"not_in_release": reason}``: the configuration needs a feature the installed release lacks;
+* ``{"crashed": "Type: first line"}``: the release (or the adapter) raised anything else on *every*
+  rank. The next configuration still runs, so one crashing configuration does not take the others of its
+  world with it. Ranks that crash at the same line of the release are in step; a rank that crashes alone
+  may leave its peers blocked in a collective with it, so the ranks first agree (:class:`_Agreement`,
+  through the world's store, with a timeout): unless every rank crashed, the crash ends the run as any
+  rank failure does (the harness stops the others), never a hang.
 
-Worked example, world 4 = DP2 x PP2 (TP1) with o_proj TP 2 on vllm-ascend 0.23.0.post1: ranks 0 and 1
-report ``otp -> [0, 1]``, ranks 2 and 3 ``[2, 3]``; merged, ``otp [[0, 1], [2, 3]]``. The stages are
-{0, 2} and {1, 3}, so the checker finds both groups crossing stages, and the reference has
-``otp [[0, 2], [1, 3]]``::
-
-    vllm_ascend 0.23.0.post1 builds a layout other than the reference for world 4 = E1 x DP2 x PP2 x PCP1 x TP1, otp 2
-      otp: vllm_ascend 0.23.0.post1 [[0, 1], [2, 3]], reference [[0, 2], [1, 3]]
-      [crosses_stages] otp group [0, 1] crosses PP stages: rank 0 is in stage 0, rank 1 in stage 1
-      ...
+Judging the views is not done here: :mod:`ascend_conformance.layout_verdict` merges and judges them.
 """
 from __future__ import annotations
 
-import dataclasses
+import datetime
 import importlib
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 
-from ascend_conformance.errors import ConfigError, Divergence, SutRefused
-from ascend_conformance.invariants import Difference, Violation, check_layout, compare_layouts
+from ascend_conformance.errors import ConfigError, SutRefused, one_line
 from ascend_conformance.sut import VLLM, VLLM_ASCEND
-from ascend_conformance.topology import ParallelConfig, build_layout
 
+# How long a rank that crashed waits for the others' outcomes of the configuration. Ranks crashing at the
+# same line of the release report within seconds of each other, even on a loaded box; a rank that never
+# reports is blocked in a collective with the crashed one.
+AGREEMENT_TIMEOUT = datetime.timedelta(seconds=300)
 ADAPTERS = {VLLM: "ascend_conformance.sut.vllm_groups", VLLM_ASCEND: "ascend_conformance.sut.vllm_ascend_groups"}
-
-
-class CaptureError(RuntimeError):
-    """The ranks of a live world disagree about a group: the capture itself is broken, not a verdict."""
 
 
 def adapter(sut: str):
@@ -46,123 +43,81 @@ def adapter(sut: str):
     return importlib.import_module(ADAPTERS[sut])
 
 
-# -- in a rank ---------------------------------------------------------------------------------------
+def capture_one(module, fields: Mapping, with_leftovers: bool,
+                settle: Callable[[dict], bool] | None = None) -> dict:
+    """This rank's outcome of one configuration (see the module docstring). ``settle(outcome)``: the
+    agreement of the ranks (:meth:`_Agreement.settle`); when it says the crash is this rank's alone, the
+    exception is raised."""
+    from ascend_conformance.sut import lines
+    from ascend_conformance.topology import ParallelConfig
+
+    leftovers: list[str] = []
+    options = {"report_leftovers": leftovers} if with_leftovers else {}
+    try:
+        with module.live_groups(ParallelConfig(**fields), **options) as built:
+            view = {kind: [int(rank) for rank in coordinator.ranks] for kind, coordinator in built.items()}
+    except SutRefused as refusal:
+        result = {"refused": str(refusal)}
+    except lines.NotInRelease as absent:
+        result = {"not_in_release": str(absent)}
+    except Exception as exc:  # noqa: BLE001 - the release's (or the adapter's) crash, reported per configuration
+        result = {"crashed": one_line(exc, with_type=True)}
+        if settle is not None and not settle(result):
+            raise
+        return result
+    else:
+        result = {"view": view, "leftovers": leftovers}
+    if settle is not None:
+        settle(result)
+    return result
+
+
+class _Agreement:
+    """The ranks' outcomes of each configuration of one capture, through the world's store: a crash stands
+    as the configuration's outcome only when every rank crashed (then they are in step)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        token = [uuid.uuid4().hex if self.rank == 0 else None]
+        dist.broadcast_object_list(token, src=0)  # every rank starts the capture in step: a key space of its own
+        self.prefix = f"ascend-conformance/capture/{token[0]}"
+        self.store = dist.distributed_c10d._get_default_store()
+        self.index = 0
+
+    def settle(self, result: dict) -> bool:
+        """Note this rank's outcome of the current configuration; for a crash, True when every rank crashed."""
+        keys = [f"{self.prefix}/{self.index}/{rank}" for rank in range(self.world_size)]
+        self.index += 1
+        crashed = "crashed" in result
+        self.store.set(keys[self.rank], "crashed" if crashed else "ok")
+        if not crashed:
+            return True
+        try:
+            self.store.wait(keys, AGREEMENT_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a rank that never reports: blocked in a collective with this one
+            return False
+        return all(self.store.get(key) == b"crashed" for key in keys)
+
 
 def capture_views(sut: str, configs: Sequence[Mapping]) -> list[dict]:
-    """In every rank: for each ParallelConfig field dict of ``configs``, ``{"view": {kind: ranks}}`` (plus
-    ``"leftovers"``: kinds the release's own destroy left set, vllm-ascend only) or ``{"refused": line}``.
-
-    A refusal comes from the release's configuration step, before any group exists, identically on every
-    rank, so the world stays in step and the next configuration runs; anything else the release raises
-    ends the run (a crash).
-    """
-    from ascend_conformance.topology import ParallelConfig as Config
-
+    """In every rank: the outcome of each ParallelConfig field dict of ``configs``, in order."""
     module = adapter(sut)
-    captured = []
-    for fields in configs:
-        leftovers: list[str] = []
-        options = {"report_leftovers": leftovers} if sut == VLLM_ASCEND else {}
-        try:
-            with module.live_groups(Config(**fields), **options) as built:
-                view = {kind: [int(rank) for rank in coordinator.ranks] for kind, coordinator in built.items()}
-        except SutRefused as refusal:
-            captured.append({"refused": str(refusal)})
-            continue
-        captured.append({"view": view, "leftovers": leftovers})
-    return captured
+    agreement = _Agreement()
+    return [capture_one(module, fields, sut == VLLM_ASCEND, agreement.settle) for fields in configs]
 
 
-# -- in the test process -----------------------------------------------------------------------------
-
-def merge_rank_views(views: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[list[int]]]:
-    """Per-rank views (``views[r]`` = rank r's ``{kind: its group's ranks}``) -> a layout.
-
-    Groups of a kind are listed by ascending lowest rank, as :func:`build_layout` does. The views must
-    agree: a rank's group contains the rank itself, and every member that reports the kind reports the
-    same group in the same order; otherwise :class:`CaptureError` names the ranks.
-
-    Example, world 4 with tp views ``[0, 1], [0, 1], [2, 3], [2, 3]`` -> ``{"tp": [[0, 1], [2, 3]]}``.
-    """
-    layout: dict[str, list[list[int]]] = {}
-    kinds: list[str] = []
-    for view in views:
-        kinds += [kind for kind in view if kind not in kinds]
-    for kind in kinds:
-        by_members: dict[frozenset, list[int]] = {}
-        group_of: dict[int, list[int]] = {}
-        for rank, view in enumerate(views):
-            if kind not in view:
-                continue
-            group = [int(member) for member in view[kind]]
-            if rank not in group:
-                raise CaptureError(f"rank {rank} reports {kind} group {group}, which does not contain it")
-            first = by_members.setdefault(frozenset(group), group)
-            if first != group:
-                raise CaptureError(f"{kind}: ranks disagree on the order of group {first}: rank {rank} reports {group}")
-            for member in group:
-                other = group_of.setdefault(member, first)
-                if other is not first:
-                    raise CaptureError(f"{kind}: rank {member} is in group {other} and in group {group} "
-                                       f"(reported by rank {rank})")
-        layout[kind] = sorted(by_members.values(), key=min)
-    return layout
+def outcome(per_rank: Sequence[Mapping]) -> tuple[str, object]:
+    """``(what, value)`` of one configuration from every rank's outcome: ``("view", [views])``,
+    ``("refused" | "not_in_release", line)`` or ``("crashed", "rank r: Type: message; ...")``."""
+    crashed = [f"rank {rank}: {o['crashed']}" for rank, o in enumerate(per_rank) if "crashed" in o]
+    if crashed:
+        return "crashed", "; ".join(dict.fromkeys(crashed))
+    for what in ("refused", "not_in_release"):
+        if what in per_rank[0]:
+            return what, per_rank[0][what]
+    return "view", [o["view"] for o in per_rank]
 
 
-def _show(groups) -> str:
-    return "[" + ", ".join("[" + ", ".join(map(str, group)) + "]" for group in groups) + "]"
-
-
-@dataclasses.dataclass(frozen=True)
-class Judgement:
-    """A live layout against docs/layout.md: invariant violations and differences from the reference,
-    on the kinds ``kinds`` the system under test is judged on."""
-
-    config: ParallelConfig
-    layout: dict
-    reference: dict
-    kinds: tuple[str, ...]
-    violations: list[Violation]
-    differences: list[Difference]
-
-    @property
-    def conformant(self) -> bool:
-        return not self.violations and not self.differences
-
-    def report(self, release: str) -> str:
-        """The headline and one line per differing kind (both versions), violation and difference."""
-        if self.conformant:
-            return f"{release} builds the reference layout for {self.config.describe()}"
-        lines = [f"{release} builds a layout other than the reference for {self.config.describe()}"]
-        for kind in dict.fromkeys(d.kind for d in self.differences):
-            live = _show(self.layout[kind]) if kind in self.layout else "no groups"
-            reference = _show(self.reference[kind]) if kind in self.reference else "no groups"
-            lines.append(f"  {kind}: {release} {live}, reference {reference}")
-        lines += [f"  [{v.rule}] {v.explanation}" for v in self.violations]
-        lines += [f"  [{d.change}] {d.explanation}" for d in self.differences]
-        return "\n".join(lines)
-
-    def raise_divergence(self, release: str) -> None:
-        """Divergence naming every kind, group and both versions, unless the layout conforms."""
-        if not self.conformant:
-            raise Divergence(self.report(release))
-
-
-def judge(layout: Mapping[str, Sequence[Sequence[int]]], config: ParallelConfig,
-          kinds: Sequence[str] | None = None) -> Judgement:
-    """Check a captured layout with the invariant checker and compare it with the reference, on ``kinds``
-    (default: every kind the configuration implies). Kinds outside them (vLLM's ``dcp``, say, or
-    vllm-ascend's on a vLLM-only capture) are left out: nothing judged says what they should be.
-    """
-    reference = build_layout(config)
-    judged = tuple(kind for kind in (kinds if kinds is not None else reference)
-                   if kind in reference or kind in layout)
-    live = {kind: [list(group) for group in layout[kind]] for kind in judged if kind in layout}
-    expected = {kind: reference[kind] for kind in judged if kind in reference}
-    # The checker also asks for every kind the configuration implies; only the judged ones count here.
-    violations = [violation for violation in check_layout(live, config) if violation.kind in judged]
-    return Judgement(config, {kind: [list(g) for g in groups] for kind, groups in layout.items()}, expected,
-                     judged, violations, compare_layouts(expected, live))
-
-
-__all__ = ["CaptureError", "Judgement", "adapter", "capture_views", "merge_rank_views", "judge"]
+__all__ = ["ADAPTERS", "adapter", "capture_one", "capture_views", "outcome"]

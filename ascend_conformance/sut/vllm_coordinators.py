@@ -1,19 +1,21 @@
 """vLLM's own GroupCoordinator put through the reference's collective expectations (docs/collectives.md).
 
-Written against vLLM 0.23.0. :func:`exercise_coordinators` runs in every rank of a world: vLLM's groups
-adapter builds the groups of a configuration (:func:`ascend_conformance.sut.vllm_groups.live_groups`), and
-every case of :mod:`ascend_conformance.collective_checks` that vLLM's coordinator offers runs on its tp, pp,
-dp and ep coordinators, in every dtype, with the same exact integer inputs; :func:`check_coordinators` in
-the test process computes what each rank must have observed from the *reference* layout's rank lists
-(so a coordinator with the wrong members fails too), case by case.
+:func:`exercise_coordinators` runs in every rank of a world: vLLM's groups adapter builds the groups of a
+configuration (:func:`ascend_conformance.sut.vllm_groups.live_groups`), and every case of
+:mod:`ascend_conformance.collective_checks` that vLLM's coordinator offers runs on its tp, pp, dp and ep
+coordinators, in every dtype, with the same exact integer inputs; :func:`check_coordinators` in the test
+process computes what each rank must have observed from the *reference* layout's rank lists (so a
+coordinator with the wrong members fails too), one verdict per (case, dtype, claim): all_reduce's sum, its
+in-place aliasing and its return value are three verdicts, so a known divergence of one cannot hide another
+(:func:`verdict_keys`).
 
-What vLLM 0.23.0's GroupCoordinator offers, and so what runs: all_reduce (sum only: it takes no op),
+What vLLM's GroupCoordinator offers (0.13.0 to 0.27.1 alike), and so what runs: all_reduce (sum only: it takes no op),
 all_gather along a dim, reduce_scatter along a dim, gather, broadcast, send / recv, broadcast_object,
 send_tensor_dict / recv_tensor_dict, barrier and its rank positions. It has all_gatherv and
 reduce_scatterv, which call its device communicator: where that communicator does not implement them
 the case is reported unavailable with the communicator's own exception (a skip, never a pass). It has no
 all_to_all and no batch_isend_irecv. broadcast_object runs from group rank 0 and from the last member;
-the latter is unavailable on groups with a message-queue broadcaster (0.23's TP groups), whose
+the latter is unavailable on groups with a message-queue broadcaster (the TP groups), whose
 broadcast_object asserts src == 0. The project's calls ``all_gatherv(x, sizes, dim)`` /
 ``reduce_scatterv(x, sizes, dim)`` are vLLM's ``(x, dim, sizes)``: :class:`_ProjectCallShapes` maps them.
 
@@ -75,14 +77,16 @@ def _expect_all_gather_3d(ranks, i, dtype, salt):
 
 
 THREE_D_CASES = (
-    Case("reduce_scatter_3d_dim1", *_reduce_scatter_3d(1), Kind.SUM_EXACT, dtypes=("float32", "bfloat16", "int64")),
-    Case("reduce_scatter_3d_dim-1", *_reduce_scatter_3d(-1), Kind.SUM_EXACT, dtypes=("float32", "bfloat16", "int64")),
+    Case("reduce_scatter_3d_dim1", *_reduce_scatter_3d(1), Kind.SUM_EXACT, dtypes=("float32", "bfloat16", "int64"),
+         claim="sum"),
+    Case("reduce_scatter_3d_dim-1", *_reduce_scatter_3d(-1), Kind.SUM_EXACT, dtypes=("float32", "bfloat16", "int64"),
+         claim="sum"),
     Case("all_gather_3d_dim1", _run_all_gather_3d, _expect_all_gather_3d, dtypes=("float32", "bfloat16", "int64")),
 )
 CASES: tuple[Case, ...] = tuple(case for case in collective_checks.CASES if case.name in SHARED_CASES) + THREE_D_CASES
 
 # Dtype-independent checks, once per kind: (name, run(g, kind) -> observation, expect(ranks, i, kind)).
-# broadcast_object goes once from group rank 0 and once from the last member: 0.23 sends objects of a group
+# broadcast_object goes once from group rank 0 and once from the last member: vLLM sends objects of a group
 # with a message-queue broadcaster (its TP groups) through that queue, which only broadcasts from rank 0.
 
 
@@ -137,6 +141,24 @@ PER_KIND_CASES = {
     "barrier_and_positions": (_run_positions, _expect_positions),
 }
 CASE_NAMES: tuple[str, ...] = tuple(case.name for case in CASES) + tuple(PER_KIND_CASES)
+PER_KIND_CLAIM = "values"
+# The GroupCoordinator methods each case calls (features of the vLLM shim: a release without one has not the case).
+METHODS: dict[str, tuple[str, ...]] = {
+    "all_reduce": ("all_reduce",), "all_gather_dim-1": ("all_gather",), "all_gather_dim0": ("all_gather",),
+    "reduce_scatter_dim0": ("reduce_scatter",), "reduce_scatter_dim-1": ("reduce_scatter",),
+    "all_gatherv": ("all_gatherv",), "reduce_scatterv": ("reduce_scatterv",), "gather": ("gather",),
+    "broadcast": ("broadcast",), "send_recv_ring": ("send", "recv"), "reduce_scatter_3d_dim1": ("reduce_scatter",),
+    "reduce_scatter_3d_dim-1": ("reduce_scatter",), "all_gather_3d_dim1": ("all_gather",),
+    "broadcast_object_from_0": ("broadcast_object",), "broadcast_object_from_last": ("broadcast_object",),
+    "tensor_dict_ring": ("send_tensor_dict", "recv_tensor_dict"), "barrier_and_positions": ("barrier",),
+}
+
+
+def verdict_keys(dtype_names: Sequence[str]) -> list[tuple]:
+    """One key per verdict: ``(case, dtype, claim)`` for the dtype cases, ``(case, claim)`` for the per-kind ones."""
+    keys: list[tuple] = [(case.name, dtype, claim) for case in CASES for dtype in dtype_names if dtype in case.dtypes
+                         for claim in case.claims()]
+    return keys + [(name, PER_KIND_CLAIM) for name in PER_KIND_CASES]
 
 
 class _ProjectCallShapes:
@@ -157,9 +179,9 @@ class _ProjectCallShapes:
         return self._coordinator.reduce_scatterv(input_, dim=dim, sizes=sizes)
 
     def _needs_communicator(self, name):
-        # 0.23 gives groups of one no device communicator, and its v-collectives go straight to it.
+        # vLLM gives groups of one no device communicator, and its v-collectives go straight to it.
         if self._coordinator.device_communicator is None:
-            raise NotImplementedError(f"{name} needs a device communicator, which 0.23 gives no group of one")
+            raise NotImplementedError(f"{name} needs a device communicator, which vLLM gives no group of one")
 
 
 # -- in a rank ---------------------------------------------------------------------------------------
@@ -193,39 +215,49 @@ def _observe(coordinator, call) -> dict:
 
 # -- in the test process -----------------------------------------------------------------------------
 
-def _judge(verdict: dict, label: str, got, expect, compare: Kind) -> None:
+def _record(verdicts: dict, keys: Sequence[tuple], label: str, got, judge_claims) -> None:
+    """One observation into the verdicts of ``keys`` (every claim of one case and dtype)."""
     kind = label.split()[2]
     if got is None:
-        verdict["problems"].append(f"{label}: not run")
+        for key in keys:
+            verdicts[key]["problems"].append(f"{label}: not run")
     elif UNAVAILABLE in got:
-        verdict["unavailable"].append(f"{kind}: {got[UNAVAILABLE]}")
+        for key in keys:
+            verdicts[key]["unavailable"].append(f"{kind}: {got[UNAVAILABLE]}")
     elif RAISED in got:
-        verdict["raised"].append(f"{label}: {got[RAISED]}")
+        for key in keys:
+            verdicts[key]["raised"].append(f"{label}: {got[RAISED]}")
     else:
-        verdict["problems"] += differences(label, got, expect(), compare)
-        verdict["checks"] += 1
+        by_claim = judge_claims()
+        for key in keys:
+            verdicts[key]["problems"] += by_claim.get(key[-1], [])
+            verdicts[key]["checks"] += 1
 
 
 def check_coordinators(config_fields: Mapping, dtype_names: Sequence[str],
-                       per_rank: Sequence[dict]) -> dict[str, dict]:
-    """``{case name: {"checks": n, "problems": [...], "unavailable": [...], "raised": [...]}}`` of every rank's
-    observations against the reference layout of the config (the per-kind cases included)."""
+                       per_rank: Sequence[dict]) -> dict[tuple, dict]:
+    """``{verdict key: {"checks": n, "problems": [...], "unavailable": [...], "raised": [...]}}`` of every rank's
+    observations against the reference layout of the config, one verdict per :func:`verdict_keys` key."""
     layout = build_layout(ParallelConfig(**config_fields))
-    verdicts = {name: {"checks": 0, "problems": [], "unavailable": [], "raised": []} for name in CASE_NAMES}
+    verdicts = {key: {"checks": 0, "problems": [], "unavailable": [], "raised": []} for key in verdict_keys(dtype_names)}
     for rank, observed in enumerate(per_rank):
         for kind in KINDS:
             ranks = next(group for group in layout[kind] if rank in group)
             i = ranks.index(rank)
             for case, dtype_name, salt in cases_for(len(ranks), dtype_names, CASES):
-                _judge(verdicts[case.name], f"rank {rank} {kind} {ranks} {case.name} {dtype_name}",
-                       observed.get((kind, case.name, dtype_name)),
-                       lambda: case.expect(ranks, i, DTYPES[dtype_name], salt), case.compare)
+                label = f"rank {rank} {kind} {ranks} {case.name} {dtype_name}"
+                got = observed.get((kind, case.name, dtype_name))
+                _record(verdicts, [(case.name, dtype_name, claim) for claim in case.claims()], label, got,
+                        lambda: collective_checks.differences_by_claim(
+                            label, case, got, case.expect(ranks, i, DTYPES[dtype_name], salt)))
             for name, (_, expect) in PER_KIND_CASES.items():
-                _judge(verdicts[name], f"rank {rank} {kind} {ranks} {name}", observed.get((kind, name)),
-                       lambda: expect(ranks, i, kind), Kind.EXACT)
+                label = f"rank {rank} {kind} {ranks} {name}"
+                got = observed.get((kind, name))
+                _record(verdicts, [(name, PER_KIND_CLAIM)], label, got,
+                        lambda: {PER_KIND_CLAIM: differences(label, got, expect(ranks, i, kind), Kind.EXACT)})
     for verdict in verdicts.values():
         verdict["unavailable"] = sorted(set(verdict["unavailable"]))
     return verdicts
 
 
-__all__ = ["KINDS", "CASES", "CASE_NAMES", "exercise_coordinators", "check_coordinators"]
+__all__ = ["KINDS", "CASES", "CASE_NAMES", "METHODS", "verdict_keys", "exercise_coordinators", "check_coordinators"]

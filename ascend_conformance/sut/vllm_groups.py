@@ -1,31 +1,35 @@
 """vLLM's own parallel groups, built for real inside a rank: the *groups* adapter of vLLM.
 
-Written against vLLM 0.23.0 (:data:`RELEASE`). It builds the kinds vLLM owns (:data:`KINDS`: world, tp, pcp,
-pp, dp, ep) for the TP / PP / DP / PCP sizes of a :class:`~ascend_conformance.topology.ParallelConfig` and
-reads them back; vllm-ascend's adapter (:mod:`ascend_conformance.sut.vllm_ascend_groups`) builds on it.
-Everything here is a collective: every rank of a torch.distributed world calls it with the same arguments.
+It builds the kinds vLLM owns (:data:`KINDS`: world, tp, pcp, pp, dp, ep) for the TP / PP / DP / PCP sizes of
+a :class:`~ascend_conformance.topology.ParallelConfig` and reads them back; vllm-ascend's adapter
+(:mod:`ascend_conformance.sut.vllm_ascend_groups`) builds on it. Everything here is a collective: every rank
+of a torch.distributed world calls it with the same arguments. What moved between vLLM's release lines is in
+its shim (``ascend_conformance/sut/shims/vllm_groups/``); which kinds and features the installed release has
+is read from its source (:func:`kinds`, :func:`requirements`).
 
 In a rank, :func:`live_groups` does what a vLLM worker started by an external launcher (torchrun, verl)
 does, and nothing the suite invented:
 
-1. :func:`launcher_environment` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-   ``MASTER_PORT`` as such a launcher would (0.23's ``ParallelConfig`` with ``external_launcher`` reads
-   ``RANK`` to derive the DP rank, and fails without it when DP > 1), and restores the whole environment
-   afterwards (``ParallelConfig`` also writes ``VLLM_ENABLE_V1_MULTIPROCESSING``);
+1. :func:`~ascend_conformance.sut.bringup.launcher_environment` sets ``RANK``, ``WORLD_SIZE``,
+   ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` as such a launcher would (vLLM's ``ParallelConfig``
+   with ``external_launcher`` reads ``RANK`` to derive the DP rank, and fails without it when DP > 1), and
+   restores the whole environment afterwards (``ParallelConfig`` also writes
+   ``VLLM_ENABLE_V1_MULTIPROCESSING``);
 2. :func:`vllm_configuration` builds ``VllmConfig(parallel_config=ParallelConfig(...,
-   distributed_executor_backend="external_launcher"))`` with no model. Whatever the release refuses there
-   raises :class:`~ascend_conformance.errors.SutRefused` naming the release and its own message;
+   distributed_executor_backend="external_launcher"))``, with no model unless one is given. Whatever the
+   release refuses there raises :class:`~ascend_conformance.errors.SutRefused` naming the release and its
+   own message;
 3. ``init_distributed_environment`` adopts the world's default group; ``initialize_model_parallel``
-   builds the groups, which :func:`read_groups` reads back through vLLM's getters (``get_tp_group()``,
-   ...): ``{kind: this rank's group ranks}``;
+   builds the groups (:func:`~ascend_conformance.sut.bringup.model_parallel_groups`), which
+   :func:`coordinators` reads back through vLLM's getters (``get_tp_group()``, ...);
 4. on exit it destroys what it built and leaves the default group alone.
 
 Worked example, world 8 = DP2 x PP2 x TP2: rank 5 is (d 1, p 0, t 1); it reads back tp [4, 5],
 pp [5, 7], dp [1, 5] and ep [0, 1, 4, 5] (the reference's groups holding rank 5).
 
-What vLLM 0.23.0 refuses: external DP (world larger than DP x PP x PCP x TP) together with DP > 1, since
-``external_launcher`` takes the DP rank as ``RANK // (TP x PP x PCP)``, out of 0..DP-1 on every replica
-but the first.
+What vLLM refuses (0.13.0 to 0.27.1 alike): external DP (world larger than DP x PP x PCP x TP) together with
+DP > 1, since ``external_launcher`` takes the DP rank as ``RANK // (TP x PP x PCP)``, out of 0..DP-1 on every
+replica but the first.
 
 Platform: vLLM picks its platform by itself. This project's CPU host has vLLM's CUDA wheel and no GPU, so
 vLLM runs on its ``UnspecifiedPlatform`` (device communicator ``DeviceCommunicatorBase``: plain
@@ -35,25 +39,80 @@ platform plugin and the device is vLLM's own choice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Iterator, Mapping
 
 from ascend_conformance.errors import SutRefused
-from ascend_conformance.sut import VLLM, bringup
+from ascend_conformance.sut import VLLM, bringup, lines
+from ascend_conformance.sut.shims.vllm_groups import GETTERS, STATE
 from ascend_conformance.topology import ParallelConfig
 
-RELEASE = "0.23.0"
 SUT = VLLM
-# kind -> getter in vllm.distributed.parallel_state. A getter that asserts (vLLM's "... is not
-# initialized") or returns None means the release did not build that kind.
-GETTERS: dict[str, str] = {"world": "get_world_group", "tp": "get_tp_group", "pcp": "get_pcp_group",
-                           "pp": "get_pp_group", "dp": "get_dp_group", "ep": "get_ep_group"}
+ADAPTER = "vllm_groups"
+# Every kind vLLM has built on some line; :func:`kinds` says which the installed release has.
 KINDS: tuple[str, ...] = tuple(GETTERS)
 
 
 def label() -> str:
     """``vllm 0.23.0``: the installed release, as results name it."""
     return bringup.label(SUT)
+
+
+@functools.lru_cache(maxsize=None)
+def shim():
+    """The shim of the installed vLLM's line (a process has one release; reading it costs git calls for a
+    linked checkout)."""
+    return lines.shim(ADAPTER, SUT)
+
+
+def kinds() -> tuple[str, ...]:
+    """The kinds of :data:`KINDS` the installed release has (a getter for), in that order."""
+    return tuple(kind for kind in KINDS if has_feature(ADAPTER, SUT, kind))
+
+
+@functools.lru_cache(maxsize=None)
+def absence(adapter: str, sut: str, feature: str) -> str | None:
+    """``not in <release>: <feature> (...)`` when the installed release lacks ``feature``, None when it has
+    it; :class:`~ascend_conformance.sut.lines.ShimMismatch` (not cached) when it has it but the shim does not
+    fit. Cached: a process has one release, and reading it costs git calls for a linked checkout."""
+    try:
+        lines.check_feature(adapter, sut, feature)
+    except lines.NotInRelease as exc:
+        return str(exc)
+    return None
+
+
+def has_feature(adapter: str, sut: str, feature: str) -> bool:
+    return absence(adapter, sut, feature) is None
+
+
+def requirements(config: ParallelConfig) -> list[tuple[str, str, str]]:
+    """``(adapter, sut, feature)`` of everything building ``config`` needs of the installed releases."""
+    needed = [(ADAPTER, SUT, "groups")]
+    if config.pcp > 1:
+        needed.append((ADAPTER, SUT, "pcp"))
+    return needed
+
+
+def missing(config: ParallelConfig) -> str | None:
+    """``not in <release>: ...`` when the installed release lacks something ``config`` needs, else None."""
+    return first_missing(requirements(config))
+
+
+def first_missing(needed: list[tuple[str, str, str]]) -> str | None:
+    """``not in <release>: ...`` for the first requirement the installed releases lack, else None
+    (:class:`~ascend_conformance.sut.lines.ShimMismatch` when a shim does not fit)."""
+    for adapter, sut, feature in needed:
+        reason = absence(adapter, sut, feature)
+        if reason:
+            return reason
+    return None
+
+
+def host_reason(config: ParallelConfig) -> str | None:
+    """Why this host cannot build ``config`` with the installed release (which can elsewhere), or None."""
+    return shim().host_reason(config)
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -67,28 +126,33 @@ def unsupported_reason(config: ParallelConfig) -> str | None:
 
 
 def vllm_configuration(config: ParallelConfig, *, additional_config: dict | None = None,
-                       kv_role: str | None = None):
-    """A model-free ``VllmConfig`` with ``config``'s parallel sizes (needs :func:`launcher_environment`).
+                       kv_transfer: tuple[str, dict] | None = None, model: Mapping | None = None):
+    """A ``VllmConfig`` with ``config``'s parallel sizes (needs :func:`bringup.launcher_environment`).
 
     ``external_launcher`` tells vLLM that every rank of every DP replica is already in one torch.distributed
     world (as torchrun, or this suite's pools, start them): it must not renumber ranks per DP engine.
+    ``kv_transfer``: (KV role, the connector's extra config) of a PD deployment. ``model``: a Hugging Face
+    config (``config.json`` contents, no weights) for releases that read the model to build the groups.
     """
-    from vllm.config import DeviceConfig, VllmConfig
+    from vllm.config import CacheConfig, DeviceConfig, VllmConfig
     from vllm.config import ParallelConfig as VllmParallelConfig
     from vllm.platforms import current_platform
 
+    line = shim()
     with bringup.refusals(label(), config):
-        parallel = VllmParallelConfig(tensor_parallel_size=config.tp, pipeline_parallel_size=config.pp,
-                                      data_parallel_size=config.dp, prefill_context_parallel_size=config.pcp,
-                                      distributed_executor_backend="external_launcher")
-        kwargs = {"parallel_config": parallel, "additional_config": additional_config or {}}
+        kwargs = {"parallel_config": VllmParallelConfig(**line.parallel_config_fields(config)),
+                  "additional_config": additional_config or {}}
+        cache = line.cache_config_fields()
+        if cache:
+            kwargs["cache_config"] = CacheConfig(**cache)
         if not current_platform.device_type:  # see the module docstring: no platform of vLLM's own here
             kwargs["device_config"] = DeviceConfig(device="cpu")
-        if kv_role is not None:
+        if kv_transfer is not None:
             from vllm.config import KVTransferConfig
 
-            # Groups read only the role; vLLM's own example connector needs no registration by a platform plugin.
-            kwargs["kv_transfer_config"] = KVTransferConfig(kv_connector="ExampleConnector", kv_role=kv_role)
+            kwargs["kv_transfer_config"] = KVTransferConfig(**line.kv_transfer_fields(*kv_transfer))
+        if model is not None:
+            kwargs["model_config"] = bringup.model_config(model)
         return VllmConfig(**kwargs)
 
 
@@ -104,14 +168,14 @@ def coordinators(getters: Mapping[str, tuple[str, str]]) -> dict:
         try:
             coordinator = getter()
         except AssertionError:
-            continue  # vLLM's getters assert the group was built
+            continue  # the getters assert the group was built
         if coordinator is not None:
             found[kind] = coordinator
     return found
 
 
 def vllm_getters() -> dict[str, tuple[str, str]]:
-    return {kind: ("vllm.distributed.parallel_state", getter) for kind, getter in GETTERS.items()}
+    return {kind: (STATE, getter) for kind, getter in GETTERS.items()}
 
 
 @contextlib.contextmanager
@@ -120,6 +184,9 @@ def live_groups(config: ParallelConfig) -> Iterator[dict]:
     reason = unsupported_reason(config)
     if reason:
         raise SutRefused(f"{label()}: cannot build {config.describe()}: {reason}")
+    absent = missing(config)
+    if absent:
+        raise lines.NotInRelease(absent)
     with bringup.launcher_environment(bringup.launch_variables()):
         vllm_config = bringup.configure_everywhere(label(), config, lambda: vllm_configuration(config))
         with bringup.model_parallel_groups(config, vllm_config):
@@ -132,5 +199,5 @@ def capture_rank_view(config_fields: Mapping) -> dict[str, list[int]]:
         return {kind: [int(rank) for rank in coordinator.ranks] for kind, coordinator in built.items()}
 
 
-__all__ = ["RELEASE", "SUT", "KINDS", "label", "vllm_configuration", "live_groups", "capture_rank_view",
-           "unsupported_reason"]
+__all__ = ["SUT", "KINDS", "label", "kinds", "requirements", "missing", "first_missing", "absence", "has_feature", "host_reason", "vllm_configuration", "live_groups",
+           "capture_rank_view", "unsupported_reason", "coordinators"]
