@@ -51,7 +51,7 @@ def test_a_line_older_than_every_shim_is_not_in_release(adapter, sut):
 
 SHIM_FUNCTIONS = {
     "vllm_eplb": ("place",),
-    "vllm_ascend_eplb": ("generate_policy", "construct", "flashlb_workload", "generate_global_placement",
+    "vllm_ascend_eplb": ("generate_policy", "construct", "seed_policy_rng", "flashlb_workload", "generate_global_placement",
                          "quantized", "attach_weights", "make_adaptor", "make_worker", "make_loader",
                          "loader_layer_id"),
 }

@@ -76,6 +76,25 @@ def construct(policy_class):
     return policy_class(dynamic_config())
 
 
+_seed_numba = None
+
+
+def seed_policy_rng(seed: int) -> None:
+    """Seed the generator FlashLB's ``jsq_placement`` fills empty slots from: numba's own (a jitted function
+    draws from it, not from numpy's global one), seeded from inside a jitted function."""
+    global _seed_numba
+    if _seed_numba is None:
+        import numba
+        import numpy as np
+
+        @numba.njit
+        def seed_numba(value):
+            np.random.seed(value)
+
+        _seed_numba = seed_numba
+    _seed_numba(seed)
+
+
 def flashlb_workload(workload):
     """The per-slot load ``[L, G, S]`` as this line's updator hands it to FlashLB: unchanged."""
     return workload

@@ -52,6 +52,10 @@ make_worker = v0_13.make_worker
 loader_layer_id = v0_13.loader_layer_id
 
 
+def seed_policy_rng(seed: int) -> None:
+    """Nothing to seed: no policy of this line draws random numbers (0.13's FlashLB did)."""
+
+
 def flashlb_workload(workload):
     """``[T, L, G, S]`` with one observation window, as the updator permutes the gathered load."""
     return workload.unsqueeze(0)

@@ -44,6 +44,7 @@ FEATURES = {
 }
 
 flashlb_workload = v0_18.flashlb_workload
+seed_policy_rng = v0_18.seed_policy_rng
 quantized = v0_18.quantized
 attach_weights = v0_18.attach_weights
 make_loader = v0_18.make_loader
