@@ -604,21 +604,26 @@ def transfer_tables(source: str, experts: int, ranks: int, redundant: int) -> tu
     not be deterministic across processes; every rank must plan the same move). A policy's table goes
     through the release's own EplbWorker.check_expert_placement first, as EplbWorker.do_update puts it;
     ``rejected`` lists why, when that check keeps the old placement of every layer (else None)."""
-    tables = [None]
+    tables: list = [None]
     if dist.get_rank() == 0:
-        old, rejected = vllm_ascend_eplb.initial_table(ASCEND_LAYERS, experts, ranks, redundant), None
-        if source == "shuffled":
-            new = shuffled_table(old, seed=experts * 100 + ranks)
-        else:
-            weight = zipf_loads(ASCEND_LAYERS, experts, 1.2, seed=5)
-            new = vllm_ascend_eplb.rebalance(source, old, vllm_ascend_eplb.slot_workload(old, weight))["table"]
-            reverted = vllm_ascend_eplb.worker_reverts(old, new)
-            if len(reverted) == old.shape[0]:
-                rejected = table_violations(old, new, experts)
-            for layer in reverted:
-                new[layer] = old[layer]
-        tables = [(old, new, rejected)]
+        try:
+            old, rejected = vllm_ascend_eplb.initial_table(ASCEND_LAYERS, experts, ranks, redundant), None
+            if source == "shuffled":
+                new = shuffled_table(old, seed=experts * 100 + ranks)
+            else:
+                weight = zipf_loads(ASCEND_LAYERS, experts, 1.2, seed=5)
+                new = vllm_ascend_eplb.rebalance(source, old, vllm_ascend_eplb.slot_workload(old, weight))["table"]
+                reverted = vllm_ascend_eplb.worker_reverts(old, new)
+                if len(reverted) == old.shape[0]:
+                    rejected = table_violations(old, new, experts)
+                for layer in reverted:
+                    new[layer] = old[layer]
+            tables = [(old, new, rejected)]
+        except Exception as exc:  # noqa: BLE001 - told to every rank, which all raise it (none waits)
+            tables = [vllm_ascend_eplb.raised_where(exc)]
     dist.broadcast_object_list(tables, src=0)
+    if isinstance(tables[0], str):
+        raise RuntimeError(f"rank 0, computing the {source} tables of the case: {tables[0]}")
     return tables[0]
 
 
@@ -703,14 +708,37 @@ def judge_transfer(per_rank: list, case: tuple) -> int:
     return moved
 
 
-def run_transfer(world, case: tuple, variant: str = "", vllm_ascend_path: str | None = None) -> list:
-    source, experts, ranks, redundant, dtype, pp = case
-    return sut_world(world, VLLM_ASCEND, ranks * pp, timeout=RUN_TIMEOUT, variant=variant).run(
-        _transfer_on_rank, source, experts, redundant, dtype, pp, vllm_ascend_path)
+def _transfer_batch_on_rank(cases: list) -> list:
+    """Every rank: :func:`_transfer_on_rank` for each case in turn (one world run for the cases of one world
+    size). A case that raises outside the release's guarded steps gives ``{"crashed": one line}`` on every
+    rank (the ranks agree after each case, so they stay in step) and the next case still runs."""
+    out = []
+    for source, experts, _, redundant, dtype, pp in cases:
+        try:
+            outcome, failure = _transfer_on_rank(source, experts, redundant, dtype, pp), None
+        except Exception as exc:  # noqa: BLE001 - this case's, reported with it
+            outcome, failure = None, vllm_ascend_eplb.raised_where(exc)
+        failures: list = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure)
+        crashed = [f"rank {rank}: {why}" for rank, why in enumerate(failures) if why is not None]
+        out.append({"crashed": crashed} if crashed else outcome)
+    return out
+
+
+def run_transfer(world, shared_runs, case: tuple) -> list:
+    """The per-rank outcomes of ``case``, from the one world run of every case of its world size."""
+    size = case[2] * case[5]
+    batch = [c for c in TRANSFER_CASES if c[2] * c[5] == size]
+    per_rank = shared_runs.get(f"vllm_ascend-eplb-transfer-W{size}", lambda: sut_world(
+        world, VLLM_ASCEND, size, timeout=RUN_TIMEOUT).run(_transfer_batch_on_rank, batch))
+    outcomes = [rank[batch.index(case)] for rank in per_rank]
+    if "crashed" in outcomes[0]:
+        raise RuntimeError(f"{transfer_id(*case)} crashed: " + "; ".join(outcomes[0]["crashed"][:4]))
+    return outcomes
 
 
 @pytest.mark.sut(VLLM_ASCEND)
 @pytest.mark.parametrize("case", TRANSFER_CASES, ids=[transfer_id(*case) for case in TRANSFER_CASES])
-def test_vllm_ascend_weight_transfer(world, report, case):
+def test_vllm_ascend_weight_transfer(world, shared_runs, report, case):
     need_feature(vllm_ascend_eplb.ADAPTER, VLLM_ASCEND, "weight_transfer")
-    report.figure("experts_received", judge_transfer(run_transfer(world, case), case))
+    report.figure("experts_received", judge_transfer(run_transfer(world, shared_runs, case), case))
