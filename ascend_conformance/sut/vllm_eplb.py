@@ -1,23 +1,21 @@
 """vLLM's EPLB placement policies as a system under test: the *EPLB* adapter of vLLM.
 
-Written against vLLM 0.23.0 (:data:`RELEASE`). 0.23 ships one policy, ``"default"``
-(``vllm.distributed.eplb.policy.EPLB_POLICIES``): ``DefaultEplbPolicy``, a numpy port of DeepSeek's EPLB
-that the EPLB state calls as ::
+Every line from vLLM 0.13 to 0.27 registers one policy, ``"default"``
+(``vllm.distributed.eplb.policy.EPLB_POLICIES``): ``DefaultEplbPolicy``, a port of DeepSeek's EPLB that the
+EPLB state calls as ``policy.rebalance_experts(weight [L, E], num_replicas, num_groups, num_nodes,
+num_ranks[, old_global_expert_indices [L, R]])``. What moved between lines is in the shims
+(``ascend_conformance/sut/shims/vllm_eplb/``): 0.13 is DeepSeek's torch code, returns ``(phy2log,
+log2phy, logcnt)`` and takes no old placement; 0.18 is a numpy port that still returns the triple; from 0.23
+the policy returns ``phy2log`` only and ``vllm.distributed.eplb.eplb_state.compute_logical_maps`` derives
+``log2phy`` (slots in ascending order) and ``logcnt``. With ``old_global_expert_indices`` (0.18 on) the
+policy post-processes the placement (``preserve_intragpu_slots``): inside each rank, experts that stay keep
+their old slot.
 
-    phy2log = policy.rebalance_experts(weight [L, E], num_replicas, num_groups, num_nodes, num_ranks,
-                                       old_global_expert_indices [L, R] or None)
-
-It returns ``phy2log [L, R]`` only; the release derives ``log2phy`` and ``logcnt`` from it with
-``vllm.distributed.eplb.eplb_state.compute_logical_maps``, which lists an expert's slots in ascending
-slot order (DeepSeek: in the order the replicas were added). With ``old_global_expert_indices`` the
-policy post-processes the placement (``preserve_intragpu_slots``): inside each rank, experts that stay
-keep their old slot.
-
-What it computes in: the loads become float32 (``weight.float()``), but numpy divides float32 loads by
-int64 replica counts in float64 and accumulates the pack loads in a float64 array, so near-ties (two
-candidates within float32 rounding) can go the other way than in DeepSeek's float32 code
-(docs/eplb.md, *Ties*). Equal keys are sorted by numpy's default (quick)sort, whose order among them is
-unspecified.
+What it computes in: 0.13 in torch float32, as DeepSeek. From 0.18 the loads become float32
+(``weight.float()``), but numpy divides float32 loads by int64 replica counts in float64 and accumulates
+the pack loads in a float64 array, so near-ties (two candidates within float32 rounding) can go the other
+way than in DeepSeek's float32 code (docs/eplb.md, *Ties*). Equal keys are sorted by numpy's default
+(quick)sort, whose order among them is unspecified.
 
 :func:`run_cases` runs in a rank (it imports vLLM, which a SUT's warm pool keeps to itself); the suites
 judge its results in the parent against :mod:`ascend_conformance.eplb`. Nothing here knows pytest.
@@ -34,10 +32,10 @@ from __future__ import annotations
 import torch
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.sut import VLLM, bringup
+from ascend_conformance.sut import VLLM, bringup, lines
 
-RELEASE = "0.23.0"  # the release this adapter was written against
 SUT = VLLM
+ADAPTER = "vllm_eplb"  # its shims: ascend_conformance/sut/shims/vllm_eplb/
 CASE_KEYS = ("policy", "weight", "num_replicas", "num_groups", "num_nodes", "num_ranks")
 
 
@@ -64,6 +62,11 @@ def policies() -> dict:
         return dict(EPLB_POLICIES)
 
 
+def shim():
+    """The shim of the installed release's line (``ascend_conformance/sut/shims/vllm_eplb/``)."""
+    return lines.shim(ADAPTER, SUT)
+
+
 def place(policy: str, weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
           num_ranks: int, old_phy2log: torch.Tensor | None = None) -> dict:
     """The placement ``policy`` computes, with the release's own ``log2phy`` / ``logcnt``.
@@ -72,15 +75,12 @@ def place(policy: str, weight: torch.Tensor, num_replicas: int, num_groups: int,
     """
     registered = policies()
     if policy not in registered:
-        raise ConfigError(f"vllm {RELEASE} has no EPLB policy {policy!r}; it registers {sorted(registered)}")
+        raise ConfigError(f"{label()} has no EPLB policy {policy!r}; it registers {sorted(registered)}")
     with _environment():
-        from vllm.distributed.eplb.eplb_state import compute_logical_maps
-
-        phy2log = registered[policy].rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks,
-                                                       old_phy2log)
-        phy2log = torch.as_tensor(phy2log).to(torch.int64)
-        log2phy, logcnt = compute_logical_maps(phy2log, weight.shape[1])
-    return {"phy2log": phy2log, "log2phy": log2phy.to(torch.int64), "logcnt": logcnt.to(torch.int64)}
+        phy2log, log2phy, logcnt = shim().place(registered[policy], weight, num_replicas, num_groups, num_nodes,
+                                                num_ranks, old_phy2log)
+    return {name: torch.as_tensor(value).to(torch.int64)
+            for name, value in (("phy2log", phy2log), ("log2phy", log2phy), ("logcnt", logcnt))}
 
 
 def run_cases(cases: list[dict]) -> list[dict]:
@@ -95,4 +95,4 @@ def run_cases(cases: list[dict]) -> list[dict]:
     return results
 
 
-__all__ = ["RELEASE", "SUT", "CASE_KEYS", "label", "policies", "place", "run_cases"]
+__all__ = ["SUT", "ADAPTER", "CASE_KEYS", "label", "shim", "policies", "place", "run_cases"]
