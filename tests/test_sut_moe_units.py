@@ -19,7 +19,7 @@ from ascend_conformance.sut import vllm_ascend_moe as moe
 
 ADAPTER = moe.ADAPTER
 API = ("layer_kwargs", "build_layer", "experts", "expert_map", "log2phy", "install_expert_map", "forward",
-       "extra_context", "forget_layer", "runner_state", "mc2_tokens_capacity", "eplb_additional_config")
+       "extra_context", "runner_batch", "forget_layer", "runner_state", "mc2_tokens_capacity", "eplb_additional_config")
 LINES = {  # release -> the shim module its line uses
     installed.Release("vllm_ascend", "0.13.0", "0.13.0"): "v0_13",
     installed.Release("vllm_ascend", "0.18.0", "0.18.0"): "v0_18",
@@ -261,3 +261,14 @@ def test_a_kernel_registered_for_the_npu_serves_host_tensors_under_the_standin()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["2.0", "3.0"]
+
+
+def test_only_0_13_s_runner_pads_every_dp_rank_to_the_largest_batch():
+    hidden, slot = torch.ones(0, 8), torch.ones(0, 5)
+    for release, module in LINES.items():
+        got = lines.line_module(ADAPTER, release).runner_batch(hidden, slot, (7, 0))
+        shapes = (tuple(got[0].shape), tuple(got[1].shape), got[2], got[3].tolist())
+        if module == "v0_13":  # _sync_metadata_across_dp pads in eager mode too; padding rows are zeros
+            assert shapes == ((7, 8), (7, 5), 7, [7, 7]) and not got[1].any()
+        else:
+            assert shapes == ((0, 8), (0, 5), 0, [7, 0])

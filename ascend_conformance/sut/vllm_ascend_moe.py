@@ -391,14 +391,16 @@ def _build_layer(case: SutCase, world: _World, shim) -> _Layer:
 # -- one case ------------------------------------------------------------------------------------
 
 def _forward(case: SutCase, world: _World, layer: _Layer, shim, x, topk_ids, topk_weights):
-    """The model's forward of the MoE block; returns (out, the release's own selection, the comm class
-    that ran). A forced case installs its method in the forward context after the release selected."""
+    """The model's forward of the MoE block on the batch the line's runner hands it; returns (out, the
+    release's own selection, the comm class that ran). A forced case installs its method in the forward
+    context after the release selected."""
     from vllm_ascend.ascend_forward_context import MoECommType, set_ascend_forward_context
     from vllm_ascend.ops.fused_moe.moe_comm_method import get_moe_comm_method
 
-    counts = torch.tensor(case.scenario.token_counts(), dtype=torch.int32)
     kind = getattr(MoECommType, METHODS[case.scenario.method][0])
-    with set_ascend_forward_context(None, world.vllm_config, num_tokens=x.shape[0], num_tokens_across_dp=counts):
+    hidden, router_slot, num_tokens, across = shim.runner_batch(x, encode_routing(topk_ids, topk_weights),
+                                                                case.scenario.token_counts())
+    with set_ascend_forward_context(None, world.vllm_config, num_tokens=num_tokens, num_tokens_across_dp=across):
         context = shim.extra_context()
         selected = context.moe_comm_type
         selected_name = selected.name.lower() if selected is not None else None
@@ -408,8 +410,8 @@ def _forward(case: SutCase, world: _World, layer: _Layer, shim, x, topk_ids, top
         elif selected != kind:
             return None, selected_name, None
         method = context.moe_comm_method
-        out = shim.forward(layer.module, x, encode_routing(topk_ids, topk_weights), world.tp)
-    return out, selected_name, type(method).__name__
+        out = shim.forward(layer.module, hidden, router_slot, world.tp)
+    return out[:x.shape[0]], selected_name, type(method).__name__  # the runner's padding rows are dropped
 
 
 def run_case(case: SutCase, world: _World, shim, ops: str, device_type: str, keep_tensors: bool = False) -> dict:

@@ -123,6 +123,21 @@ def forward(layer, hidden_states, router_logits, tp: int):
     return layer(hidden_states, router_logits)
 
 
+def runner_batch(hidden_states, router_slot, counts):
+    """What NPUModelRunner hands the model on a DP rank whose batch holds ``hidden_states`` (``counts``: every
+    DP rank's tokens): (hidden states, router-logits slot, num_tokens, num_tokens_across_dp). On 0.13 the
+    runner pads every DP rank's batch to the largest (``_sync_metadata_across_dp``, in eager mode too): zero
+    rows, whose outputs the runner discards, and every rank told the padded count."""
+    import torch
+
+    largest = max(counts)
+    pad = largest - hidden_states.shape[0]
+    if pad > 0:
+        hidden_states = torch.cat([hidden_states, hidden_states.new_zeros((pad, hidden_states.shape[1]))])
+        router_slot = torch.cat([router_slot, router_slot.new_zeros((pad, router_slot.shape[1]))])
+    return hidden_states, router_slot, largest, torch.tensor([largest] * len(counts), dtype=torch.int32)
+
+
 def extra_context():
     """Where the release keeps ``moe_comm_type`` / ``moe_comm_method`` during a forward."""
     from vllm.forward_context import get_forward_context

@@ -19,6 +19,14 @@ def A5_SELECTION(world: int, top_k: int, tokens: int, capacity: int) -> str:  # 
     return "mc2" if tokens <= capacity and world > 1 else "alltoall"
 
 
+def runner_batch(hidden_states, router_slot, counts):
+    """From 0.18 the runner pads DP ranks only for graph capture or sequence parallelism (eager: none); each
+    rank runs its own tokens and the forward context gets every rank's count."""
+    import torch
+
+    return hidden_states, router_slot, hidden_states.shape[0], torch.tensor(list(counts), dtype=torch.int32)
+
+
 def layer_kwargs(scenario, route, prefix: str) -> dict:
     return {**v0_13.layer_kwargs(scenario, route, prefix), "reduce_results": False}
 

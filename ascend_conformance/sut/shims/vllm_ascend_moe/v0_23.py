@@ -4,7 +4,7 @@ layer's forward); the comm method lives in ``_EXTRA_CTX``; A5 also selects AllGa
 no larger than top-k."""
 from __future__ import annotations
 
-from ascend_conformance.sut.shims.vllm_ascend_moe import v0_13
+from ascend_conformance.sut.shims.vllm_ascend_moe import v0_13, v0_18
 from ascend_conformance.sut.shims.vllm_ascend_moe.v0_13 import *  # noqa: F401,F403 - what did not move
 from ascend_conformance.sut.lines import Feature
 from ascend_conformance.sut.probe import Need
@@ -27,6 +27,9 @@ def A5_SELECTION(world: int, top_k: int, tokens: int, capacity: int) -> str:  # 
     if tokens <= capacity and world > 1:
         return "mc2"
     return "allgather" if world <= top_k else "alltoall"
+
+
+runner_batch = v0_18.runner_batch
 
 
 def layer_kwargs(scenario, route, prefix: str) -> dict:
