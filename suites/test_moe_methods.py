@@ -39,7 +39,6 @@ from ascend_conformance.moe.scenario import Scenario
 from ascend_conformance.moe.scenario_on_rank import run_scenarios, setup_on_rank
 from ascend_conformance.moe.scenario_report import failure_report
 from ascend_conformance.moe.scenario_verdict import summarize
-from ascend_conformance.moe.selection import vllm_ascend_mc2_tokens_capacity
 from ascend_conformance.tolerance import Kind, assert_close
 
 EXPERTS = (8, 16, 64)
@@ -284,13 +283,12 @@ def test_selection_policy(soc, ep, per_device, tokens, cap, expected):
     assert select_method(soc, ep, per_device, tokens, cap) == expected
 
 
-@pytest.mark.parametrize("max_tokens, tp, cap, vllm_ascend_cap", [
-    (256, 1, 256, 256), (512, 1, 512, 512), (1000, 1, 512, 512), (10, 4, 12, 12), (1000, 4, 1000, 512),
-    (4096, 4, 2048, 512),
+@pytest.mark.parametrize("max_tokens, tp, cap", [
+    (256, 1, 256), (512, 1, 512), (1000, 1, 512), (10, 4, 12), (1000, 4, 1000), (4096, 4, 2048),
 ])
-def test_mc2_capacity_and_the_vllm_ascend_difference(max_tokens, tp, cap, vllm_ascend_cap):
+def test_mc2_capacity(max_tokens, tp, cap):
+    """docs/moe.md's rule; the installed vllm-ascend's own is judged against it in suites/test_sut_moe.py."""
     assert mc2_tokens_capacity(max_tokens, tp) == cap
-    assert vllm_ascend_mc2_tokens_capacity(max_tokens, tp) == vllm_ascend_cap
 
 
 @pytest.mark.parametrize("args, message", [

@@ -224,11 +224,18 @@ def _argv(values: dict) -> list[str]:
     ({"--sut": "sglang"}, "--sut must be one of reference, vllm-ascend, got 'sglang'"),
     ({"--device-type": "A5"}, "--device-type applies to --sut vllm-ascend only, got --device-type A5 with --sut reference"),
     ({"--expert-map": "eplb"}, "--expert-map applies to --sut vllm-ascend only"),
+    ({"--max-num-seqs": "1"}, "--max-num-seqs applies to --sut vllm-ascend only"),
 ])
 def test_sut_arguments_for_the_reference_are_refused_in_one_line(capsys, change, message):
     assert _exit_code(_argv({**SUT_BASE, **change})) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_force_method_for_the_reference_is_refused_in_one_line(capsys):
+    assert _exit_code(_argv(SUT_BASE) + ["--force-method"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--force-method applies to --sut vllm-ascend only" in err[0], err
 
 
 def test_a_sut_that_is_not_installed_is_one_error_line(capsys, monkeypatch):
@@ -243,10 +250,12 @@ def test_a_sut_that_is_not_installed_is_one_error_line(capsys, monkeypatch):
 def vllm_ascend_installed():
     from ascend_conformance.sut import VLLM_ASCEND, stack
 
+    from ascend_conformance.sut import bringup
+
     reason = stack.unavailable_reason(VLLM_ASCEND)
     if reason:
         pytest.skip(reason)
-    return stack.inspect()[VLLM_ASCEND].version
+    return bringup.label(VLLM_ASCEND)  # the installed release, as every message names it
 
 
 @pytest.mark.parametrize("change, message", [
@@ -254,6 +263,8 @@ def vllm_ascend_installed():
     ({"--method": "native_allgather"}, "has no MoE comm method for 'native_allgather'"),
     ({"--expert-map": "round-robin"}, "refuses: expert_map must be one of contiguous, permuted, eplb, eplb-redundant"),
     ({"--device-type": "A9"}, "--device-type must be one of A2, A3, A5, got 'A9'"),
+    ({"--expert-map": "permuted"}, "the permuted map is a contract check only (forced)"),
+    ({"--max-num-seqs": "0"}, "max_num_seqs must be a whole number >= 1, got 0"),
 ])
 def test_a_configuration_vllm_ascend_refuses_is_one_line_naming_the_release(capsys, vllm_ascend_installed, change,
                                                                              message):
@@ -261,20 +272,25 @@ def test_a_configuration_vllm_ascend_refuses_is_one_line_naming_the_release(caps
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     if "--device-type" not in change:
-        assert err[0].startswith(f"error: vllm_ascend {vllm_ascend_installed}"), err
+        assert err[0].startswith(f"error: {vllm_ascend_installed}"), err
 
 
 def test_vllm_ascend_run_prints_sut_and_ops_next_to_ok(vllm_ascend_installed, tmp_path):
-    args = [item for pair in {**SUT_BASE, "--sut": "vllm-ascend", "--device-type": "A5"}.items() for item in pair]
+    """A3 with a runner sized for one request: the MC2 capacity is 1 token, so the release's own selection
+    sends the 4-token batch to AlltoAll (on every line)."""
+    args = [item for pair in {**SUT_BASE, "--sut": "vllm-ascend", "--device-type": "A3",
+                              "--max-num-seqs": "1"}.items() for item in pair]
     proc = _cli([*args, "--dump", str(tmp_path / "case")], timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     keys = list(summary)
     assert keys[keys.index("ok") + 1:keys.index("ok") + 3] == ["sut", "ops"], keys
-    assert (summary["ok"], summary["sut"], summary["ops"]) == (True, f"vllm_ascend {vllm_ascend_installed}", "golden")
-    assert (summary["device_type"], summary["comm_class"], summary["expert_map"]) == ("A5", "AlltoAllCommImpl",
+    assert (summary["ok"], summary["sut"], summary["ops"]) == (True, vllm_ascend_installed, "golden")
+    assert (summary["device_type"], summary["comm_class"], summary["expert_map"]) == ("A3", "AlltoAllCommImpl",
                                                                                         "contiguous")
-    assert summary["repro"].endswith("--dump DIR --sut vllm-ascend --device-type A5")
+    assert (summary["selected"], summary["reached"], summary["forced"], summary["mc2_tokens_capacity"]) == (
+        "alltoall", True, False, 1)
+    assert summary["repro"].endswith("--dump DIR --sut vllm-ascend --device-type A3 --max-num-seqs 1")
     data = torch.load(tmp_path / "case" / "rank1.pt")
     expected = dense_moe(data["x"], data["topk_ids"], data["topk_weights"], data["w13"], data["w2"])
     assert_close(data["out"], expected.to(data["out"].dtype), kind=Kind.ACCUMULATED, what="vllm-ascend rank 1 out")

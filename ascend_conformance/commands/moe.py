@@ -22,11 +22,15 @@ host's SoC do not take (``moe/mc2_applicability.py``, e.g. float32 or no token a
 CPU take every one).
 
 ``--sut`` picks the system under test: ``reference`` (default, the project's methods) or ``vllm-ascend``
-(the installed release's own MoE comm method, driven by :mod:`ascend_conformance.sut.vllm_ascend_moe`, on
-the device type ``--device-type`` emulates with the torch_npu stand-in, the expert map ``--expert-map``
-given the way the release takes it). The JSON adds ``"sut"`` (``reference`` or e.g.
-``vllm_ascend 0.23.0.post1``) and ``"ops"`` (``golden`` or ``torch_npu``). An unknown SUT, one that is not
-installed, or a configuration the release refuses: one ``error: ...`` line naming the release, exit 2.
+(the installed release's own MoE layer and comm method, driven by :mod:`ascend_conformance.sut.vllm_ascend_moe`,
+on the device type ``--device-type`` emulates with the torch_npu stand-in, the expert map ``--expert-map``
+given the way the release takes it, the scheduler's ``--max-num-seqs`` from which the release derives its MC2
+token capacity). The release's own selection must pick ``--method`` for the batch (else the JSON says
+``"reached": false`` with the method it selected, exit 1); ``--force-method`` installs the method in the
+forward context instead (a contract check; the ``permuted`` map needs it). The JSON adds ``"sut"``
+(``reference`` or the installed release, e.g. ``vllm_ascend 0.18.0``, ``vllm_ascend main@182b75ea84``) and
+``"ops"`` (``golden`` or ``torch_npu``). An unknown SUT, one that is not installed, or a configuration the
+release refuses: one ``error: ...`` line naming the release, exit 2.
 """
 from __future__ import annotations
 
@@ -75,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expert-map", default="contiguous", metavar="MAP",
                         help="vllm-ascend only: contiguous (default), permuted, eplb or eplb-redundant: how the "
                              "experts reach the release")
+    parser.add_argument("--max-num-seqs", type=int, default=None, metavar="M",
+                        help="vllm-ascend only: the scheduler's max_num_seqs, which sizes the release's MC2 token "
+                             "capacity (default 64)")
+    parser.add_argument("--force-method", action="store_true",
+                        help="vllm-ascend only: install --method in the forward context instead of the release's "
+                             "selection (a contract check)")
     parser.add_argument("--rank-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="bound on the run; a hang dumps every rank's stack (default 300)")
 
@@ -139,25 +149,32 @@ def _system_under_test(args: argparse.Namespace, scenario):
         raise ConfigError(f"--sut must be one of reference, vllm-ascend, got {args.sut!r}")
     if name == REFERENCE:
         for flag, value, default in (("--device-type", args.device_type, None),
-                                     ("--expert-map", args.expert_map, "contiguous")):
+                                     ("--expert-map", args.expert_map, "contiguous"),
+                                     ("--max-num-seqs", args.max_num_seqs, None),
+                                     ("--force-method", args.force_method, False)):
             if value != default:
                 raise ConfigError(f"{flag} applies to --sut vllm-ascend only, got {flag} {value} with --sut reference")
         return name, None
     reason = stack.unavailable_reason(VLLM_ASCEND)
     if reason:
         raise ConfigError(f"--sut vllm-ascend: {reason}")
-    from ascend_conformance.sut.vllm_ascend_moe import DEVICE_TYPES, SutCase
+    from ascend_conformance.sut import lines
+    from ascend_conformance.sut.vllm_ascend_moe import ADAPTER, DEVICE_TYPES, MAX_NUM_SEQS, SutCase, release_label
 
-    version = stack.inspect()[VLLM_ASCEND].version
+    label = release_label()
     args.device_type = args.device_type or "A3"
     if args.device_type not in DEVICE_TYPES:
         raise ConfigError(f"--device-type must be one of {', '.join(DEVICE_TYPES)}, got {args.device_type!r}")
+    for feature in ("comm_methods", f"device_{args.device_type}"):
+        try:
+            lines.check_feature(ADAPTER, VLLM_ASCEND, feature)
+        except (lines.NotInRelease, lines.ShimMismatch) as exc:
+            raise ConfigError(f"--sut vllm-ascend: {exc}") from None
     try:
-        return name, SutCase(scenario, args.expert_map)
+        return name, SutCase(scenario, args.expert_map, args.max_num_seqs or MAX_NUM_SEQS, args.force_method)
     except ConfigError as exc:
         message = str(exc)
-        prefix = f"vllm_ascend {version}"
-        raise ConfigError(message if message.startswith("vllm_ascend") else f"{prefix} refuses: {message}") from None
+        raise ConfigError(message if message.startswith(label) else f"{label} refuses: {message}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,10 +227,14 @@ def run(args: argparse.Namespace) -> int:
     if case is None:
         summary = {**summarize(scenario, results), "sut": "reference"}
     else:
-        from ascend_conformance.sut import stack
+        from ascend_conformance.sut.vllm_ascend_moe import CaseCrashed
         from ascend_conformance.sut.vllm_ascend_moe import summarize as summarize_sut
 
-        summary = summarize_sut(case, args.device_type, results, stack.inspect()["vllm_ascend"].version)
+        try:
+            summary = summarize_sut(case, args.device_type, results)
+        except CaseCrashed as crash:
+            print(str(crash), file=sys.stderr)
+            return 1
     summary = _sut_next_to_ok(summary)
     summary.update(platform=plat.name, dump=dump)
     if dump:

@@ -10,10 +10,10 @@ docs/moe.md::
 Worked examples: A3, cap 512, 600 tokens -> alltoall; A2, EP 16, 16 experts per device, 100 tokens,
 cap 512 -> mc2; A2, EP 8 -> allgather whatever the tokens.
 
-Note: vllm-ascend computes the capacity as ceil(min(M, 512) / TP) · TP, which differs from the formula
-above when M > 512 and TP > 1 (M 1000, TP 4: 512 there, 1000 here). :func:`mc2_tokens_capacity` follows
-docs/moe.md; :func:`vllm_ascend_mc2_tokens_capacity` gives vllm-ascend's value so a live check can
-report the difference.
+What an installed vllm-ascend computes is never restated here: ``suites/test_sut_moe.py
+test_mc2_tokens_capacity`` runs the release's own ``set_mc2_tokens_capacity`` against
+:func:`mc2_tokens_capacity` (0.13 / 0.18 cap M at 512 before dividing by TP and differ when M > 512 and
+TP > 1; 0.23 and main follow the rule).
 """
 from __future__ import annotations
 
@@ -30,13 +30,6 @@ def mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
     require_whole("max_num_tokens", max_num_tokens, 0)
     require_whole("tp_size", tp_size, 1)
     return min(-(-max_num_tokens // tp_size), MC2_TOKENS_PER_RANK_LIMIT) * tp_size
-
-
-def vllm_ascend_mc2_tokens_capacity(max_num_tokens: int, tp_size: int) -> int:
-    """vllm-ascend's ceil(min(M, 512) / TP) · TP (see the module note)."""
-    require_whole("max_num_tokens", max_num_tokens, 0)
-    require_whole("tp_size", tp_size, 1)
-    return -(-min(max_num_tokens, MC2_TOKENS_PER_RANK_LIMIT) // tp_size) * tp_size
 
 
 def select_method(soc: str, ep_size: int, experts_per_device: int, num_tokens: int, cap: int) -> str:

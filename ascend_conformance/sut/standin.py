@@ -39,6 +39,11 @@ What it provides besides the ops, each as a real torch_npu host would have it:
   ``torch.histc`` of int32 expert ids (vllm-ascend's all-to-all dispatcher counts tokens per expert that
   way; torch_npu's histc takes integer input and returns the input's dtype). Computed exactly in float64
   and returned in the input's dtype; floating inputs go to torch's own kernel untouched;
+* the custom ops a release registers for the NPU only (``torch.library`` kernels under the PrivateUse1 key,
+  as vllm-ascend's ``direct_register_custom_op(..., dispatch_key="PrivateUse1")`` registers
+  ``torch.ops.vllm.maybe_all_reduce_tensor_model_parallel`` and its kin): the same Python kernel is
+  registered for the CPU key too, since the stand-in's "NPU tensors" are host tensors (an op that already
+  has a CPU kernel keeps it);
 * HCCL's all-gather of unequal first dimensions (``dist.all_gather`` into a list of chunks of different
   sizes, as ``tensor_split`` makes them; HCCL gathers them, gloo refuses): on a group whose backend
   refuses, each rank's chunk is padded to the largest, gathered, and cut back into its slot.
@@ -105,6 +110,7 @@ def activate(device_type: str = DEFAULT_DEVICE_TYPE) -> str:
     _answer_hccl_comm_names()
     _accept_npu_integer_histc()
     _all_gather_unequal_chunks_as_hccl()
+    _npu_kernels_serve_host_tensors()
     from ascend_conformance.platform import torch_npu_import_error
 
     torch_npu_import_error.cache_clear()  # it cached the real one's absence; now the stand-in answers
@@ -185,6 +191,29 @@ def _all_gather_unequal_chunks_as_hccl() -> None:
 
     hccl_all_gather.__standin__ = True
     dist.all_gather = hccl_all_gather
+
+
+NPU_DISPATCH_KEYS = ("PrivateUse1", "npu")
+
+
+def _npu_kernels_serve_host_tensors() -> None:
+    import torch
+
+    impl = torch.library.Library.impl
+    if getattr(impl, "__standin__", False):
+        return
+
+    @functools.wraps(impl)
+    def npu_impl(self, op_name, fn, dispatch_key="", **kwargs):
+        registered = impl(self, op_name, fn, dispatch_key, **kwargs)
+        if dispatch_key in NPU_DISPATCH_KEYS and callable(fn) and isinstance(op_name, str):
+            qualified = op_name if "::" in op_name else f"{self.ns}::{op_name}"
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CPU"):
+                impl(self, op_name, fn, "CPU", **kwargs)
+        return registered
+
+    npu_impl.__standin__ = True
+    torch.library.Library.impl = npu_impl
 
 
 # -- HCCL communicator names ------------------------------------------------------------------------
