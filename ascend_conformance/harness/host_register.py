@@ -164,7 +164,7 @@ class LeaseTimeout(TimeoutError):
     pass
 
 
-class _QueueTimeout(LeaseTimeout):
+class GateTimeout(LeaseTimeout):
     """The gate stayed held by others until the deadline (the caller says what it waited for)."""
 
 
@@ -424,7 +424,7 @@ class HostRegister:
         if wait:
             remaining = -1 if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._gate_thread.acquire(timeout=remaining):
-                raise _QueueTimeout("the gate stayed held by another thread of this process")
+                raise GateTimeout("the gate stayed held by another thread of this process")
         elif not self._gate_thread.acquire(blocking=False):
             return None
         try:
@@ -434,7 +434,7 @@ class HostRegister:
                     self._gate_thread.release()
                     return None
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise _QueueTimeout("the gate stayed held by other requests")
+                    raise GateTimeout("the gate stayed held by other requests")
                 time.sleep(self.POLL_SECONDS)
         except BaseException:
             self._gate_thread.release()
@@ -494,7 +494,7 @@ class HostRegister:
         try:
             with self.transaction(deadline) as state:
                 return state.lease(n, deadline, preferred, who, started=started, timeout=timeout)
-        except _QueueTimeout:
+        except GateTimeout:
             raise LeaseTimeout(self.queue_message(who, timeout, f"{n} of devices {list(self.physical_ids)}")) from None
 
     def queue_message(self, who: str, timeout: float, what: str) -> str:

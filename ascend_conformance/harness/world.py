@@ -26,8 +26,8 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.harness.host_register import HostRegister, Lease, LeaseTimeout, RegisterState, WarmPool, \
-    _QueueTimeout
+from ascend_conformance.harness.host_register import (GateTimeout, HostRegister, Lease, LeaseTimeout, RegisterState,
+                                                      WarmPool)
 from ascend_conformance.harness.pool import PoolConfig, RankFailure, RankPool, _SkipAll
 from ascend_conformance.platform import Platform
 
@@ -154,7 +154,7 @@ class WorldRunner:
                             raise
                         if warm is None:
                             posted_wait, held = True, state.describe()
-                except _QueueTimeout:
+                except GateTimeout:
                     raise LeaseTimeout(self.register.queue_message(
                         who, self.options.lease_timeout, f"{n} of devices {list(self.options.physical_ids)}")) from None
                 if warm is not None:
@@ -283,7 +283,7 @@ class WorldRunner:
                 self._drop(key)
             try:
                 self.register.release_all(time.monotonic() + self.options.lease_timeout)
-            except _QueueTimeout:
+            except GateTimeout:
                 pass  # entries of this process are dropped by the others once it exits
             self.register.close()
 
