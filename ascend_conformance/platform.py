@@ -34,7 +34,7 @@ from ascend_conformance.errors import one_line as _one_line
 
 PLATFORM_ENV = "ASCEND_CONFORMANCE_PLATFORM"
 # HCCL port blocks: 16 ports per block and variable; 512 blocks per variable, one per live warm pool of the
-# host (harness/warm_ranks.py hands them out).
+# host (harness/host_register.py hands them out).
 PORTS_PER_BLOCK = 16
 PORT_BLOCKS = 512
 KIND_STRIDE = PORTS_PER_BLOCK * PORT_BLOCKS

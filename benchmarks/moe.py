@@ -5,7 +5,7 @@ latency / bandwidth per method against a raw all_to_all_single of the same rows,
                              [--dtype bfloat16] [--rounds 20] [--warmup 3] [--json reports/moe_bench.json]
 
 Runs on the detected platform (gloo ranks on CPU) through the harness's warm pools; see
-``ascend_conformance/moe/benchmark.py`` for what is measured and how bytes are counted. A method and its raw
+``ascend_conformance/bench/moe.py`` for what is measured and how bytes are counted. A method and its raw
 baseline are timed alike (one platform timer around the op alone, rounds interleaved); every result is
 checked once, outside the timed calls. Prints a table and,
 with --json, writes pytest-benchmark-schema JSON (what ``ascend-conformance compare`` and the HTML report
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> tuple[dict, dict | None, dict]:
     from ascend_conformance.harness.world import standalone_runner
-    from ascend_conformance.moe import benchmark
+    from ascend_conformance.bench import moe as benchmark
     from ascend_conformance.report.progress import Progress
 
     shape = {"world_size": args.world_size, "tokens": args.tokens, "throughput_tokens": args.throughput_tokens,
@@ -68,7 +68,7 @@ def run(args) -> tuple[dict, dict | None, dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ascend_conformance.moe import benchmark
+    from ascend_conformance.bench import moe as benchmark
 
     shape, throughput, methods = run(args)
     print(benchmark.format_table(shape, throughput, methods))

@@ -1,5 +1,5 @@
 """MoE benchmarks (``pytest suites/test_bench_moe.py -m bench -p no:xdist``): what ``benchmarks/moe.py``
-measures, as tests that also check what they time (see ``ascend_conformance/moe/benchmark.py``).
+measures, as tests that also check what they time (see ``ascend_conformance/bench/moe.py``).
 
 * permute + unpermute throughput of native / golden (/ torch_npu on an NPU) against the bandwidth of a
   large copy on the same device (into an existing buffer, and a clone into a fresh one);
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ascend_conformance import platform as platforms
-from ascend_conformance.moe import benchmark
+from ascend_conformance.bench import moe as benchmark
 
 pytestmark = pytest.mark.bench
 

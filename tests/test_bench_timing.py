@@ -100,7 +100,7 @@ class _OpRecorder(TorchDispatchMode):
 
 def timed_ops_on_rank(values: dict) -> dict:
     """Rank function: the ops each function handed to the timing loop issues (one call each)."""
-    from ascend_conformance.moe import benchmark
+    from ascend_conformance.bench import moe as benchmark
 
     handed = []
 
@@ -123,7 +123,7 @@ def timed_ops_on_rank(values: dict) -> dict:
 
 
 def test_the_moe_raw_baseline_times_the_all_to_all_alone(world):
-    from ascend_conformance.moe import benchmark
+    from ascend_conformance.bench import moe as benchmark
 
     scenario = benchmark.bench_scenario("alltoall", 2, tokens=4, hidden=8, experts=4, top_k=2, dtype="float32")
     for rank, result in enumerate(world(2, timeout=HANG_GUARD).run(timed_ops_on_rank, scenario.to_dict())):

@@ -1,8 +1,8 @@
-"""Device leases (harness/leases.py) under real contention between processes.
+"""Device leases (harness/host_register.py) under real contention between processes.
 
 Every test uses a private lock directory (tmp_path), so concurrent sessions on this host neither
 disturb nor are disturbed by these tests. Leasing processes are started with the "spawn" context
-(they only need leases.py, not torch) and record what they held into per-process files; intervals are
+(they only need host_register.py, not torch) and record what they held into per-process files; intervals are
 taken with time.monotonic(), which on Linux is CLOCK_MONOTONIC and comparable across processes.
 
 Recorded intervals are conservative: `start` is read after acquire() returned and `end` before
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
+from ascend_conformance.harness.host_register import HostRegister, LeaseTimeout
 from tests.events import HANG_GUARD, wait_for
 
 SLOTS = 8
@@ -75,7 +75,7 @@ def _read_records(paths) -> list[dict]:
 def _mixed_leaser(lock_dir, index, sizes, bound, go, out_path):
     """Lease each size in `sizes` in turn, hold it 5-25 ms, check it is held throughout, release."""
     rng = random.Random(index)
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     with open(out_path, "w") as out:
         if not go.wait(HANG_GUARD):
             _write_record(out, {"index": index, "error": "start signal never came"})
@@ -101,7 +101,7 @@ def _mixed_leaser(lock_dir, index, sizes, bound, go, out_path):
 
 def _small_leaser(lock_dir, index, hold, stop, served, out_path):
     """Lease one device over and over (hold it `hold` s, re-request at once) until told to stop."""
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     with open(out_path, "w") as out:
         while not stop.is_set():
             requested = time.monotonic()
@@ -122,7 +122,7 @@ def _small_leaser(lock_dir, index, hold, stop, served, out_path):
 
 def _holder(lock_dir, sizes, out_path, ready, stop):
     """Take one lease per size, report the devices, hold them until stopped (or killed)."""
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     leases = [manager.acquire(n, HANG_GUARD, who="holder: ") for n in sizes]
     with open(out_path, "w") as out:
         json.dump(sorted(d for lease in leases for d in lease.devices), out)
@@ -132,7 +132,7 @@ def _holder(lock_dir, sizes, out_path, ready, stop):
 
 def _waiter(lock_dir, n, started):
     """Request n devices with a long timeout (so it sits in acquire, holding the gate)."""
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     started.set()
     manager.acquire(n, HANG_GUARD, who="waiter: ")
 
@@ -242,7 +242,7 @@ def test_eight_device_request_is_served_while_one_device_requests_keep_coming(tm
     leasing = lambda: any(p.is_alive() for p in procs.procs)  # noqa: E731 - the leasers can still serve
     wait_for(lambda: served.value >= 2 * n_small, "the 1-device leasers to get going", possible=leasing)
 
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     requested = time.monotonic()
     served_before = served.value
     with manager.acquire(SLOTS, HANG_GUARD, who="big: ") as lease:
@@ -279,7 +279,7 @@ def _never_waiting(monkeypatch) -> None:
 
 
 def test_request_for_more_devices_than_exist_fails_at_once(tmp_path, monkeypatch):
-    manager = LeaseManager(str(tmp_path / "locks"), range(SLOTS))
+    manager = HostRegister(str(tmp_path / "locks"), range(SLOTS))
     monkeypatch.setattr(manager, "_lock", lambda name: pytest.fail(f"took lock {name} for an impossible request"))
     _never_waiting(monkeypatch)
     with pytest.raises(LeaseTimeout) as info:
@@ -303,7 +303,7 @@ def test_request_while_devices_are_held_elsewhere_times_out_naming_the_busy_devi
         held = json.load(handle)
     assert len(held) == sum(held_sizes)
 
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     timeout = 0.5
     began = time.monotonic()
     with pytest.raises(LeaseTimeout) as info:
@@ -319,7 +319,7 @@ def test_request_while_devices_are_held_elsewhere_times_out_naming_the_busy_devi
 
 
 def test_preferred_set_is_honoured_when_free(tmp_path):
-    manager = LeaseManager(str(tmp_path / "locks"), range(SLOTS))
+    manager = HostRegister(str(tmp_path / "locks"), range(SLOTS))
     # A preferred set need not be an aligned window; order inside it does not matter.
     with manager.acquire(2, HANG_GUARD, preferred=[(6, 5)]) as first:
         assert first.devices == (5, 6)
@@ -347,7 +347,7 @@ def test_leases_and_the_gate_of_a_sigkilled_process_are_released(tmp_path, procs
     gate = os.path.join(lock_dir, "gate.lock")
     wait_for(lambda: _flock_busy(gate), "the waiting process to take the gate", possible=waiter.is_alive)
 
-    manager = LeaseManager(lock_dir, range(SLOTS))
+    manager = HostRegister(lock_dir, range(SLOTS))
     with pytest.raises(LeaseTimeout, match="held the queue"):
         manager.acquire(1, 0.3)
 
@@ -370,7 +370,7 @@ def test_leases_and_the_gate_of_a_sigkilled_process_are_released(tmp_path, procs
 
 # --- host-wide leases across users ----------------------------------------------------------------------
 def test_the_default_accelerator_lease_dir_is_one_path_for_every_user(monkeypatch, tmp_path):
-    from ascend_conformance.harness.leases import default_lease_dir
+    from ascend_conformance.harness.host_register import default_lease_dir
 
     seen = set()
     for uid, tmpdir in ((0, None), (4242, str(tmp_path / "tmp-of-4242")), (4243, "/var/tmp")):
@@ -399,7 +399,7 @@ def _user_holds_a_lease(uid, lock_dir, held, release, reply):
     try:
         _become(uid)
         os.umask(0o077)
-        with LeaseManager(lock_dir, range(SLOTS)).acquire(2, HANG_GUARD, who="user A: ") as lease:
+        with HostRegister(lock_dir, range(SLOTS)).acquire(2, HANG_GUARD, who="user A: ") as lease:
             reply.send(("held", list(lease.devices)))
             held.set()
             release.wait(HANG_GUARD)
@@ -413,7 +413,7 @@ def _user_tries_leases(uid, lock_dir, reply):
     try:
         _become(uid)
         os.umask(0o077)
-        manager = LeaseManager(lock_dir, range(SLOTS))
+        manager = HostRegister(lock_dir, range(SLOTS))
         try:
             manager.acquire(SLOTS, 0.5, who="user B: ")
             all_eight = "granted"
@@ -444,7 +444,7 @@ def test_two_users_exclude_each_other_through_a_lease_dir_one_of_them_created(st
     lock_dir = os.path.join(sticky_root, "ascend-conformance-leases-npu")
     # Load everything the forked children need while this process can still read its installation:
     # after setuid they cannot (the interpreter lives under a private home).
-    with LeaseManager(os.path.join(sticky_root, "warm-up"), range(SLOTS)).acquire(1, HANG_GUARD):
+    with HostRegister(os.path.join(sticky_root, "warm-up"), range(SLOTS)).acquire(1, HANG_GUARD):
         pass
     fork = multiprocessing.get_context("fork")
     held, release = fork.Event(), fork.Event()

@@ -139,8 +139,8 @@ def test_outer_visible_devices_mask_is_respected(monkeypatch, tmp_path):
     runner = WorldRunner(WorldOptions(platform=npu, physical_ids=ids, lease_dir=str(tmp_path / "leases"),
                                       log_root=str(tmp_path / "logs")))
     # leases come from the mask only, and ranks see exactly their leased devices
-    assert runner.leases.candidate_sets(2) == [(2, 3), (5, 7)]
-    with runner.leases.acquire(2, timeout=HANG_GUARD, preferred=[(5, 7)]) as lease:
+    assert runner.register.candidate_sets(2) == [(2, 3), (5, 7)]
+    with runner.register.acquire(2, timeout=HANG_GUARD, preferred=[(5, 7)]) as lease:
         assert lease.devices == (5, 7)
         env = runner.rank_environment(lease.devices, port_block=3)
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "5,7"

@@ -1,4 +1,4 @@
-"""The host's register of warm pools (harness/warm_ranks.py): every live pool owns its HCCL port block,
+"""The host's register of warm pools (harness/host_register.py): every live pool owns its HCCL port block,
 and ``--max-warm-ranks`` bounds the warm ranks of all runners and processes of a lease directory.
 
 Runners here share a private lease directory (tmp_path), as the xdist workers and sessions of one host
@@ -17,8 +17,7 @@ import time
 import psutil
 import pytest
 
-from ascend_conformance.harness.leases import LeaseTimeout
-from ascend_conformance.harness.warm_ranks import WarmRegister
+from ascend_conformance.harness.host_register import HostRegister, LeaseTimeout
 from ascend_conformance.harness.world import CPU_MAX_WARM_RANKS, WorldOptions, WorldRunner
 from ascend_conformance.platform import PORTS_PER_BLOCK, CpuPlatform, NpuPlatform
 from tests.events import HANG_GUARD, wait_for
@@ -117,7 +116,7 @@ def test_warm_pools_of_different_sizes_and_runners_never_share_hccl_ports(runner
 
 def test_port_blocks_are_the_lowest_free_reused_after_release_and_after_a_dead_owner(tmp_path):
     lease_dir = str(tmp_path / "leases")
-    a, b = WarmRegister(lease_dir), WarmRegister(lease_dir)
+    a, b = HostRegister(lease_dir), HostRegister(lease_dir)
     with a.transaction() as state:
         a2 = state.add(a.new_key(), 2, (0, 1))
         a4 = state.add(a.new_key(), 4, (0, 1, 2, 3))
@@ -131,8 +130,8 @@ def test_port_blocks_are_the_lowest_free_reused_after_release_and_after_a_dead_o
 
     # A process that registers a pool and dies without releasing it (a crashed or SIGKILLed worker):
     # its entry, ranks and port block stop counting.
-    code = ("import sys; from ascend_conformance.harness.warm_ranks import WarmRegister\n"
-            "r = WarmRegister(sys.argv[1])\n"
+    code = ("import sys; from ascend_conformance.harness.host_register import HostRegister\n"
+            "r = HostRegister(sys.argv[1])\n"
             "with r.transaction() as s: print(s.add(r.new_key(), 4, (4, 5, 6, 7)).port_block)\n")
     result = subprocess.run([sys.executable, "-c", code, lease_dir], capture_output=True, text=True,
                             timeout=HANG_GUARD)

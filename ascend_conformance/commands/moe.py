@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     dump = _check_dump_target(args.dump) if args.dump else None
 
     from ascend_conformance import platform as platforms
-    from ascend_conformance.harness.leases import default_lease_dir
+    from ascend_conformance.harness.host_register import default_lease_dir
     from ascend_conformance.harness.pool import RankFailure, prestart_forkserver
     from ascend_conformance.harness.world import WorldOptions, WorldRunner, physical_device_ids
     from ascend_conformance.moe.scenario_on_rank import run_scenarios

@@ -1,11 +1,14 @@
 """Worlds of n ranks on demand: a device lease per run, a warm pool per (n, device set).
 
-``WorldRunner.run(n, fn, ...)``:
-  1. lease n devices, preferring the device set of a warm n-rank pool (so the pool is reused);
-  2. reuse that pool, or start one: first make room on the host's register of warm ranks
-     (harness/warm_ranks.py: stop this runner's least recently used pools, or wait while other
-     runners stop theirs), which also gives the new pool its own HCCL port block;
-  3. run, release the lease, and drop the pool if the run left it unhealthy.
+``WorldRunner.run(n, fn, ...)``, one transaction of the host's register (harness/host_register.py):
+  1. lease n devices, preferring the device set of a warm n-rank pool (so the pool is reused); when that
+     pool exists, the transaction ends here;
+  2. else, in the same transaction, make room among the host's warm ranks (stop this runner's least
+     recently used pools) and register the new pool, which gives it its own HCCL port block; when this
+     runner's own pools are not enough, post that it waits, give the lease back and try again a moment
+     later while other runners stop theirs;
+  3. start the new pool (outside the transaction), run, release the lease, and drop the pool if the run
+     left it unhealthy.
 
 Idle pools keep no lease: another xdist worker may run on the same devices meanwhile. On accelerator
 hosts an idle rank still holds its device context; ``--max-warm-ranks`` bounds how many do on the host
@@ -23,9 +26,9 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from ascend_conformance.errors import ConfigError
-from ascend_conformance.harness.leases import LeaseManager, LeaseTimeout
+from ascend_conformance.harness.host_register import (GateTimeout, HostRegister, Lease, LeaseTimeout, RegisterState,
+                                                      WarmPool)
 from ascend_conformance.harness.pool import PoolConfig, RankFailure, RankPool, _SkipAll
-from ascend_conformance.harness.warm_ranks import WarmPool, WarmRegister
 from ascend_conformance.platform import Platform
 
 CPU_MAX_WARM_RANKS = 32  # cpu ranks hold only host memory: room for two xdist workers' 2-, 4- and 8-rank pools
@@ -71,8 +74,7 @@ def physical_device_ids(platform: Platform, cpu_slots: int) -> tuple:
 class WorldRunner:
     def __init__(self, options: WorldOptions):
         self.options = options
-        self.leases = LeaseManager(options.lease_dir, options.physical_ids)
-        self.register = WarmRegister(options.lease_dir)
+        self.register = HostRegister(options.lease_dir, options.physical_ids)
         self.max_warm_ranks = options.max_warm_ranks or default_max_warm_ranks(options.platform,
                                                                                options.physical_ids)
         self.pools: dict = {}
@@ -108,45 +110,94 @@ class WorldRunner:
             timeout: float | None = None, pool_name: str = "") -> list:
         """``pool_name`` picks a family of warm pools: runs with different names never share ranks."""
         _check_shippable(fn)
-        preferred = [key[1] for key, pool in self._pools_by_recency()
-                     if key[0] == n and key[2] == pool_name and pool.healthy]
-        lease = self.leases.acquire(n, self.options.lease_timeout, preferred, who=f"{test_id}: ")
-        try:
-            # Not held while waiting for the lease: the trimmer may stop idle pools for others meanwhile.
-            with self._lock:
-                pool = self._pool_for(n, lease.devices, who=f"{test_id}: ", name=pool_name)
+        with self._lock:  # the trimmer takes it only when free: it never stops a pool that runs
+            lease, pool = self._lease_and_pool(n, pool_name, who=f"{test_id}: ")
+            try:
+                return pool.run(fn, args, kwargs, test_id, timeout or self.options.rank_timeout)
+            except _SkipAll as skip:
+                raise RanksSkipped(skip.reason) from None
+            finally:
                 try:
-                    return pool.run(fn, args, kwargs, test_id, timeout or self.options.rank_timeout)
-                except _SkipAll as skip:
-                    raise RanksSkipped(skip.reason) from None
-                finally:
                     if not pool.healthy:
                         self._drop(pool.key)
-        finally:
-            lease.release()
+                finally:
+                    lease.release()
 
     def _pools_by_recency(self):
         return sorted(list(self.pools.items()), key=lambda item: -item[1].last_used)
 
-    def _pool_for(self, n: int, devices: tuple, who: str = "", name: str = "") -> RankPool:
-        pool = self.pools.get((n, devices, name))
-        if pool is not None and pool.healthy:
-            return pool
-        if pool is not None:
-            self._drop(pool.key)
-        warm = self._make_room(n, devices, who)
+    def _lease_and_pool(self, n: int, name: str, who: str) -> tuple[Lease, RankPool]:
+        """A lease of n devices and a healthy pool on them: a warm one, else one registered within the
+        host's bound and started (waiting up to --lease-timeout for devices and for room)."""
+        self.register.check_request(n, who)
+        bound = self.max_warm_ranks
+        started = time.monotonic()
+        deadline = started + self.options.lease_timeout
+        posted_wait = False
         try:
-            self._pool_count += 1
-            plat = self.options.platform
-            env = self.rank_environment(devices, warm.port_block)
-            log_dir = os.path.join(self.options.log_root,
-                                   f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}"
-                                   + (f"-{name}" if name else ""))
-            pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
-                                          failure_grace=self.options.failure_grace, name=name)).start()
+            while True:
+                preferred = [key[1] for key, pool in self._pools_by_recency()
+                             if key[0] == n and key[2] == name and pool.healthy]
+                try:
+                    with self.register.transaction(deadline) as state:
+                        lease = state.lease(n, deadline, preferred, who, started=started,
+                                            timeout=self.options.lease_timeout)
+                        try:
+                            pool = self.pools.get((n, lease.devices, name))
+                            if pool is not None and pool.healthy:
+                                if posted_wait:
+                                    state.stop_waiting()
+                                return lease, pool
+                            warm = self._make_room(state, n, lease.devices, pool)
+                        except BaseException:
+                            lease.release()
+                            raise
+                        if warm is None:
+                            posted_wait, held = True, state.describe()
+                except GateTimeout:
+                    raise LeaseTimeout(self.register.queue_message(
+                        who, self.options.lease_timeout, f"{n} of devices {list(self.options.physical_ids)}")) from None
+                if warm is not None:
+                    break
+                lease.release()  # nobody waits for room holding devices
+                if time.monotonic() >= deadline:
+                    raise LeaseTimeout(f"{who}waited {self.options.lease_timeout:.0f}s for room to keep {n} more "
+                                       f"ranks warm: the host's bound is {bound} (--max-warm-ranks) and these "
+                                       f"processes hold warm ranks: {held} (lock dir {self.register.lock_dir})")
+                time.sleep(ROOM_POLL_SECONDS)
         except BaseException:
-            self.register.release(warm.key)
+            if posted_wait:
+                self.register.change_soon(RegisterState.stop_waiting)
             raise
+        try:
+            return lease, self._start_pool(n, lease.devices, name, warm)
+        except BaseException:
+            lease.release()
+            self.register.change_soon(lambda state: state.remove(warm.key))
+            raise
+
+    def _make_room(self, state: RegisterState, n: int, devices: tuple, stale: RankPool | None) -> WarmPool | None:
+        """Register a new n-rank pool on `devices` once it fits the host's bound, stopping this runner's least
+        recently used pools first (and `stale`, an unhealthy pool of the same key); None when that is not
+        enough (this runner's wait is then posted)."""
+        if stale is not None:
+            self._drop(stale.key, state)
+        for key in self._least_recently_used(state.excess(n, self.max_warm_ranks)):
+            self._drop(key, state)
+        if state.excess(n, self.max_warm_ranks):
+            state.wait_for(n, self.max_warm_ranks)
+            return None
+        return state.add(self.register.new_key(), n, devices)
+
+    def _start_pool(self, n: int, devices: tuple, name: str, warm: WarmPool) -> RankPool:
+        self._pool_count += 1
+        plat = self.options.platform
+        env = self.rank_environment(devices, warm.port_block)
+        log_dir = os.path.join(self.options.log_root,
+                               f"pool{self._pool_count}-n{n}-devices{'_'.join(str(d) for d in devices)}"
+                               + (f"-{name}" if name else ""))
+        pool = RankPool(n, PoolConfig(platform=plat.name, devices=devices, env=env, log_dir=log_dir,
+                                      failure_grace=self.options.failure_grace, name=name)).start()
         self.pools[pool.key] = pool
         self._warm[pool.key] = warm
         self._start_trimmer()
@@ -158,7 +209,7 @@ class WorldRunner:
         The visible-devices mask lists exactly the leased physical ids, so rank r binds local device r
         (e.g. lease (4, 5, 6, 7): rank 3 sees ``ASCEND_RT_VISIBLE_DEVICES=4,5,6,7`` and uses npu:3).
         HCCL ports come from `port_block`, which the pool holds on the host's register for its whole
-        life (warm_ranks.py), so no two live pools of the host share a port.
+        life (host_register.py), so no two live pools of the host share a port.
         """
         plat = self.options.platform
         env = {}
@@ -168,35 +219,6 @@ class WorldRunner:
         return env
 
     # --- the host's bound on warm ranks ---------------------------------------------------------------
-    def _make_room(self, n: int, devices: tuple, who: str) -> WarmPool:
-        """Register a new n-rank pool once it fits the host's bound: stop this runner's least recently
-        used pools first; if they are not enough, wait (up to --lease-timeout) while others stop theirs."""
-        bound = self.max_warm_ranks
-        deadline = time.monotonic() + self.options.lease_timeout
-        try:
-            while True:
-                with self.register.transaction() as state:
-                    excess = state.excess(n, bound)
-                    if not excess:
-                        return state.add(self.register.new_key(), n, devices)
-                    victims = self._least_recently_used(excess)
-                    if not victims:
-                        state.wait_for(n, bound)
-                        held = state.describe()
-                for key in victims:
-                    self._drop(key)
-                if victims:
-                    continue
-                if time.monotonic() >= deadline:
-                    raise LeaseTimeout(f"{who}waited {self.options.lease_timeout:.0f}s for room to keep {n} more "
-                                       f"ranks warm: the host's bound is {bound} (--max-warm-ranks) and these "
-                                       f"processes hold warm ranks: {held} (lock dir {self.leases.lock_dir})")
-                time.sleep(ROOM_POLL_SECONDS)
-        except BaseException:
-            with self.register.transaction() as state:
-                state.stop_waiting()
-            raise
-
     def _least_recently_used(self, excess: int) -> list[tuple]:
         """Keys of this runner's pools, least recently used first, with at least `excess` ranks in all
         (every pool when they have fewer)."""
@@ -208,14 +230,18 @@ class WorldRunner:
             freed += pool.n
         return victims
 
-    def _drop(self, key: tuple) -> None:
-        """Stop the pool (a no-op for one that already killed itself) and take it off the register."""
+    def _drop(self, key: tuple, state: RegisterState | None = None) -> None:
+        """Stop the pool (a no-op for one that already killed itself) and take it off the register: in
+        `state`'s transaction, else in the next one (a failed run never waits for the gate)."""
         pool = self.pools.pop(key, None)
         if pool is not None:
             pool.shutdown()
         warm = self._warm.pop(key, None)
         if warm is not None:
-            self.register.release(warm.key)
+            if state is not None:
+                state.remove(warm.key)
+            else:
+                self.register.change_soon(lambda later: later.remove(warm.key))
 
     def _start_trimmer(self) -> None:
         if self._trimmer is None:
@@ -228,25 +254,25 @@ class WorldRunner:
             if self.pools:
                 try:
                     self.trim_for_others()
-                except OSError:
+                except (OSError, ConfigError):
                     pass  # the register is unreachable for now; the next round tries again
 
     def trim_for_others(self) -> int:
         """Stop this runner's least recently used idle pools while another runner waits for room;
-        returns how many pools were stopped."""
-        with self.register.transaction() as state:
-            if not state.excess_for_others():
+        returns how many pools were stopped. Waits for nothing: a busy gate or a pool that runs
+        means another round."""
+        with self.register.try_transaction() as state:
+            if state is None or not state.excess_for_others():
                 return 0
-        if not self._lock.acquire(timeout=1.0):  # a run is in progress: its pool is not idle
-            return 0
-        try:
-            with self.register.transaction() as state:
+            if not self._lock.acquire(blocking=False):  # a run is in progress: its pool is not idle
+                return 0
+            try:
                 victims = self._least_recently_used(state.excess_for_others())
-            for key in victims:
-                self._drop(key)
-            return len(victims)
-        finally:
-            self._lock.release()
+                for key in victims:
+                    self._drop(key, state)
+                return len(victims)
+            finally:
+                self._lock.release()
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -255,7 +281,11 @@ class WorldRunner:
         with self._lock:
             for key in list(self.pools):
                 self._drop(key)
-            self.register.release_all()
+            try:
+                self.register.release_all(time.monotonic() + self.options.lease_timeout)
+            except GateTimeout:
+                pass  # entries of this process are dropped by the others once it exits
+            self.register.close()
 
     @property
     def rank_pids(self) -> list[int]:
@@ -285,7 +315,7 @@ def standalone_runner(*, rank_timeout: float = 1800.0, min_cpu_slots: int = 8, m
     Raises PlatformUnavailable (one line) when the platform cannot be used.
     """
     from ascend_conformance import platform as platforms
-    from ascend_conformance.harness.leases import default_lease_dir
+    from ascend_conformance.harness.host_register import default_lease_dir
     from ascend_conformance.harness.pool import prestart_forkserver
 
     plat = platforms.require(platform or platforms.get())

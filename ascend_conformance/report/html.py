@@ -9,8 +9,8 @@ benchmark of the other areas, memory per feature, EPLB balancedness, and every b
 invariant findings, and the environment. A section without data says so and what produces it.
 
 Inputs: merged results (``results.load``) and benchmark rows (``benchmarks.load_all``). Plots are
-matplotlib (Agg) PNGs inlined as base64; the page is a Jinja2 template with autoescaping; no scripts,
-no external resources.
+matplotlib (Agg) PNGs inlined as base64; the page is the Jinja2 template ``templates/report.html.j2`` with
+autoescaping; no scripts, no external resources.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from ascend_conformance.report import sut_labels
 from ascend_conformance.report.benchmarks import BenchRow
 from ascend_conformance.report.baseline import human_bytes, human_seconds
 
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+TEMPLATE = "report.html.j2"  # the page (Jinja2, autoescaped), shipped as package data
 _UNIT_BYTES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1e3, "MB": 1e6, "GB": 1e9,
                "bytes": 1}
 
@@ -359,8 +361,9 @@ def build_context(document: Mapping, bench_rows: list[BenchRow], title: str = "a
 def render(document: Mapping, bench_rows: list[BenchRow], title: str = "ascend-conformance report") -> str:
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(TEMPLATE).render(**build_context(document, bench_rows, title))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(**build_context(document, bench_rows, title))
 
 
 def write(path: str, document: Mapping, bench_rows: list[BenchRow], title: str = "ascend-conformance report") -> str:
@@ -371,208 +374,3 @@ def write(path: str, document: Mapping, bench_rows: list[BenchRow], title: str =
         handle.write(page)
     os.replace(tmp, path)
     return path
-
-
-TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }} — {{ verdict|upper }}</title>
-<style>
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
-header { padding: 18px 28px; color: #fff; }
-header.pass { background: #1f7a3f; } header.fail { background: #b3261e; }
-header.skipped, header.no-results { background: #6b6f76; } header.incomplete { background: #8a5300; }
-header h1 { margin: 0 0 4px; font-size: 22px; }
-#verdict { font-size: 30px; font-weight: 700; letter-spacing: .04em; }
-main { padding: 8px 28px 40px; max-width: 1400px; }
-section { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 10px 18px 16px; margin: 16px 0; }
-h2 { font-size: 18px; margin: 8px 0 10px; } h3 { font-size: 15px; margin: 14px 0 6px; }
-table { border-collapse: collapse; margin: 6px 0; font-size: 13px; }
-th, td { border-bottom: 1px solid #e6e8eb; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
-th { color: #555b65; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
-.pass, .passed, .xfailed { background: #1f7a3f; } .fail, .failed, .error, .xpassed { background: #b3261e; }
-.skipped, .no-tests { background: #8a8f96; } .incomplete { background: #b26a00; }
-.chip { display: inline-block; margin: 1px 2px; padding: 0 6px; border-radius: 3px; font-size: 12px; color: #fff; }
-.empty { color: #6b6f76; font-style: italic; }
-pre { background: #f3f4f6; padding: 8px; overflow-x: auto; font-size: 12px; max-height: 420px; }
-code { font-size: 12px; background: #f3f4f6; padding: 1px 4px; }
-img.plot { max-width: 100%; display: block; margin: 8px 0; border: 1px solid #eceef1; }
-details summary { cursor: pointer; }
-nav a { margin-right: 14px; color: #fff; }
-</style>
-</head>
-<body>
-<header class="{{ verdict|replace(' ', '-') }}">
-  <h1>{{ title }}</h1>
-  <div><span id="verdict">{{ verdict|upper }}</span>
-  &nbsp; {{ total }} tests: {% for outcome, count in totals.items() if count %}{{ count }} {{ outcome }}{% if not loop.last %}, {% endif %}{% endfor %}</div>
-  {% if not completeness.complete %}<div id="completeness"><strong>Incomplete:</strong> {{ completeness.text }}</div>{% endif %}
-  <div>{{ platform }}{% if device_model %} · {{ device_model }}{% endif %} · generated {{ generated }}{% if sessions|length > 1 %} · merged from {{ sessions|length }} pytest sessions{% endif %}</div>
-  <nav><a href="#areas">areas</a><a href="#failures">failures</a><a href="#divergences">known divergences</a><a href="#matrix">matrix</a><a href="#performance">performance</a><a href="#figures">figures</a><a href="#findings">layout findings</a><a href="#environment">environment</a></nav>
-</header>
-<main>
-
-<section id="areas">
-<h2>Verdict per system under test and area</h2>
-{% if summary %}
-<table id="sut-matrix">
-<tr><th>area</th>{% for c in sut_matrix.columns %}<th>{{ c.sut }} <span class="badge {{ c.verdict|replace(' ', '-') }}">{{ c.verdict }}</span>{% if c.ran_on %}<br><small>{{ c.ran_on }}</small>{% endif %}</th>{% endfor %}</tr>
-{% for row in sut_matrix.rows %}
-<tr><td>{{ row.area }}</td>{% for cell in row.cells %}<td>{% if cell %}<span class="badge {{ cell.verdict|replace(' ', '-') }}">{{ cell.verdict }}</span> {{ cell.counts }}{% else %}<span class="empty">—</span>{% endif %}</td>{% endfor %}</tr>
-{% endfor %}
-</table>
-<h3>Verdict per area (every system under test)</h3>
-<table>
-<tr><th>area</th><th>verdict</th><th>passed</th><th>failed</th><th>error</th><th>skipped</th><th>not in release</th><th>xfailed</th><th>xpassed</th><th>no record</th><th>total</th></tr>
-{% for area, counts in summary.items() %}
-<tr><td>{{ area }}</td><td><span class="badge {{ counts.verdict|replace(' ', '-') }}">{{ counts.verdict }}</span></td>
-<td class="num">{{ counts.passed }}</td><td class="num">{{ counts.failed }}</td><td class="num">{{ counts.error }}</td>
-<td class="num">{{ counts.skipped }}</td><td class="num">{{ counts.not_in_release }}</td><td class="num">{{ counts.xfailed }}</td><td class="num">{{ counts.xpassed }}</td><td class="num">{{ counts.missing|default(0) }}</td><td class="num">{{ counts.total }}</td></tr>
-{% endfor %}
-</table>
-{% elif not completeness.complete %}
-<p class="empty">No test finished before the session stopped ({{ completeness.text }}).</p>
-{% else %}
-<p class="empty">No test results: run <code>make conformance</code> (records land in reports/results/).</p>
-{% endif %}
-</section>
-
-<section id="failures">
-<h2>Failures ({{ failures|length }})</h2>
-{% for test in failures %}
-<details{% if loop.index <= 5 %} open{% endif %}>
-<summary><span class="badge {{ test.outcome }}">{{ test.outcome }}</span> <code>{{ test.nodeid }}</code> — {{ test.reason }}</summary>
-<p>repro: <code>{{ test.repro }}</code></p>
-{% for a in test.attachments %}
-{% if a.kind != "repro" %}
-<h3>{{ a.name }}</h3>
-{% if a.base64 is defined and a.mime.startswith("image/") %}<img class="plot" alt="{{ a.name }}" src="data:{{ a.mime }};base64,{{ a.base64 }}">
-{% elif a.text is defined %}<pre>{{ a.text }}</pre>{% endif %}
-{% endif %}
-{% endfor %}
-{% if test.longrepr %}<details><summary>full report</summary><pre>{{ test.longrepr }}</pre></details>{% endif %}
-{% if test.captured is defined %}<details><summary>captured output</summary><pre>{{ test.captured }}</pre></details>{% endif %}
-</details>
-{% else %}
-<p class="empty">No failures{% if not total %} (no results){% endif %}.</p>
-{% endfor %}
-</section>
-
-<section id="divergences">
-<h2>Known divergences ({{ divergences|length }})</h2>
-<p>Tests that failed the way an expectation of the release under test says they would (a strict xfail accepting only a Divergence): the finding, its upstream reference, and what this run observed.</p>
-{% if divergences %}
-<table id="divergence-list">
-<tr><th>system under test</th><th>test</th><th>finding</th><th>upstream reference</th><th>observed in this run</th></tr>
-{% for d in divergences %}<tr><td>{{ d.sut }}</td><td><code>{{ d.nodeid }}</code></td><td>{{ d.finding }}</td><td>{{ d.reference }}</td><td>{{ d.observed }}</td></tr>{% endfor %}
-</table>
-{% else %}
-<p class="empty">No known divergence was hit in this run (no xfailed tests).</p>
-{% endif %}
-</section>
-
-<section id="matrix">
-<h2>Conformance matrix</h2>
-<p>Per area: each op / method and system under test, and its configurations, coloured by outcome (hover for the reason).</p>
-{% for area, data in matrix.items() %}
-<h3>{{ area }}</h3>
-<table id="conformance-{{ area }}">
-<tr><th>feature</th><th>system under test</th><th>configurations</th></tr>
-{% for (feature, sut), tests in data.features %}
-<tr><td>{{ feature }}</td><td>{{ sut }}</td><td>{% for t in tests %}<span class="chip {{ t.outcome }}" title="{{ t.outcome }}{% if t.reason %}: {{ t.reason }}{% endif %}">{{ t.story }}</span>{% endfor %}</td></tr>
-{% endfor %}
-</table>
-{% if data.skips %}
-<table><tr><th>skipped because</th><th>tests</th></tr>
-{% for reason, count in data.skips %}<tr><td>{{ reason }}</td><td class="num">{{ count }}</td></tr>{% endfor %}
-</table>
-{% endif %}
-{% else %}
-<p class="empty">No test results to tabulate.</p>
-{% endfor %}
-</section>
-
-<section id="performance">
-<h2>Performance</h2>
-{% if bench_files %}<p>From {{ bench_files|join(", ") }}.</p>{% endif %}
-<h3 id="perf-collectives">Collectives: latency and busbw against size</h3>
-{% for plot in collective_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
-{% else %}<p class="empty">No collective benchmarks in this run (<code>make bench</code> writes them).</p>{% endfor %}
-<h3 id="perf-moe">MoE dispatch / combine per method</h3>
-{% for plot in moe_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
-{% else %}<p class="empty">No MoE benchmarks in this run.</p>{% endfor %}
-<h3 id="perf-other">Other benchmarks (time per benchmark, per area)</h3>
-{% for plot in other_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
-{% else %}<p class="empty">No other timed benchmarks in this run.</p>{% endfor %}
-<h3 id="perf-memory">Memory per feature</h3>
-{% for plot in memory_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
-{% else %}<p class="empty">No memory measurements in this run.</p>{% endfor %}
-<h3 id="perf-balancedness">EPLB balancedness</h3>
-{% for plot in balancedness_plots %}<img class="plot" alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.png }}">
-<table><tr><th>load</th><th>placement</th><th>balancedness</th></tr>
-{% for load, placement, value in balancedness_items %}<tr><td>{{ load }}</td><td>{{ placement }}</td><td class="num">{{ "%.4f"|format(value) }}</td></tr>{% endfor %}
-</table>
-{% else %}<p class="empty">No balancedness figures in this run.</p>{% endfor %}
-<h3>All benchmarks</h3>
-{% if bench_table %}
-<table>
-<tr><th>area</th><th>op</th><th>variant</th><th>world</th><th>size</th><th>dtype</th><th>mean</th><th>min</th><th>stddev</th><th>rounds</th><th>algbw GB/s</th><th>busbw GB/s</th><th>memory</th><th>benchmark</th></tr>
-{% for r in bench_table %}
-<tr><td>{{ r.area }}</td><td>{{ r.op }}</td><td>{{ r.variant }}</td><td class="num">{{ r.world }}</td><td class="num">{{ r.size }}</td><td>{{ r.dtype }}</td>
-<td class="num">{{ r.mean }}</td><td class="num">{{ r.min }}</td><td class="num">{{ r.stddev }}</td><td class="num">{{ r.rounds }}</td>
-<td class="num">{{ r.algbw }}</td><td class="num">{{ r.busbw }}</td><td class="num">{{ r.memory }}</td><td><code>{{ r.name }}</code></td></tr>
-{% endfor %}
-</table>
-{% else %}
-<p class="empty">No benchmark JSON found (pytest-benchmark schema; <code>make bench</code> writes it under reports/).</p>
-{% endif %}
-</section>
-
-<section id="figures">
-<h2>Figures recorded by tests</h2>
-<p>From <code>report.figure(...)</code> and pytest's <code>record_property</code>.</p>
-{% if figures %}
-<table><tr><th>test</th><th>figure</th><th>value</th><th>unit</th></tr>
-{% for f in figures %}<tr><td><code>{{ f.nodeid }}</code></td><td>{{ f.name }}</td><td class="num">{{ f.value }}</td><td>{{ f.unit }}</td></tr>{% endfor %}
-</table>
-{% else %}
-<p class="empty">No test recorded figures (<code>report.figure(name, value, unit)</code> or <code>record_property</code> in a test).</p>
-{% endif %}
-</section>
-
-<section id="findings">
-<h2>Layout invariant findings</h2>
-{% if findings %}
-<table><tr><th>layout</th><th>rule</th><th>group kind</th><th>finding</th><th>test</th></tr>
-{% for f in findings %}<tr><td>{{ f.subject }}</td><td>{{ f.rule }}</td><td>{{ f.kind }}</td><td>{{ f.text }}</td><td><code>{{ f.nodeid }}</code></td></tr>{% endfor %}
-</table>
-{% else %}
-<p class="empty">No layout invariant findings recorded in this run.</p>
-{% endif %}
-{% if checked %}
-<p>Layouts checked: {% for c in checked %}{{ c.subject }} ({{ c.count }} finding{{ "" if c.count == 1 else "s" }}){% if not loop.last %}; {% endif %}{% endfor %}.</p>
-{% endif %}
-</section>
-
-<section id="environment">
-<h2>Environment</h2>
-{% if environment %}
-<table>{% for key, value in environment.items() %}<tr><th>{{ key }}</th><td>{{ value }}</td></tr>{% endfor %}</table>
-{% else %}
-<p class="empty">No environment recorded.</p>
-{% endif %}
-{% if sessions %}
-<h3>Sessions merged into this report</h3>
-<table><tr><th>session</th><th>started</th><th>records of collected tests</th><th>finished</th><th>results shown</th></tr>
-{% for s in sessions %}<tr><td><code>{{ s.session }}</code></td><td>{{ s.started }}</td><td class="num">{{ s.recorded }}</td><td>{{ s.finished }}</td><td class="num">{{ s.tests }}</td></tr>{% endfor %}
-</table>
-{% endif %}
-</section>
-</main>
-</body>
-</html>
-"""

@@ -27,7 +27,9 @@ defines it per op, and ``busbw = algbw * factor`` with the factor that makes bus
 link bandwidth. GB/s means 1e9 bytes per second. Worked example, all_reduce of 1 MiB over a group of
 4 taking 100 us: algbw = 1048576 / 100e-6 / 1e9 = 10.49 GB/s, busbw = 10.49 * 2 * 3 / 4 = 15.73 GB/s.
 
-Knows nothing of pytest: ``benchmarks/collectives.py`` and the bench suite both call it.
+Knows nothing of pytest: ``benchmarks/collectives.py`` and the bench suite both call it. The MoE benchmarks'
+rank functions, timed with :func:`time_interleaved`, are :mod:`ascend_conformance.bench.moe`. The reference
+implementation never imports this package (``tests/test_reference_without_harness.py``).
 """
 from __future__ import annotations
 
