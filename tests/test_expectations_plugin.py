@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from ascend_conformance import expectations as spec
+from tests.events import HANG_GUARD
 
 pytest_plugins = ["pytester"]
 
@@ -394,3 +395,19 @@ def test_counts_and_stale_notes_follow_the_tier(session):
                            "reference": "r"}) + "\n"))
     assert _usage_error(_run(session, "suites/test_tiered.py")).endswith(
         "says tests = 2 but matches 1 ids of the default tier: fix the pattern or the count")
+
+
+def test_a_wrong_count_under_xdist_stops_the_run_with_its_line(session):
+    """An xdist worker cannot raise a usage error (the controller would show only an INTERNALERROR naming a
+    test): it runs nothing and the controller prints the entry's problem, exit status 2."""
+    (session.path / "suites" / "test_tiered.py").write_text(TIERED)
+    _write(session, RELEASE_FILE, release_file(
+        spec.render_entry({"pattern": "suites/test_tiered.py::test_tiered[*]", "tests": 2, "match": "^tier",
+                           "finding": "f", "reference": "r"}) + "\n"))
+    run = session.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--results-dir=", "suites/test_tiered.py",
+                                       timeout=HANG_GUARD)
+    assert run.ret == pytest.ExitCode.INTERRUPTED, run.outlines
+    assert not [line for line in run.outlines + run.errlines if "INTERNALERROR" in line], run.outlines
+    assert [line for line in run.outlines if "Interrupted: " in line and
+            line.rstrip(" !").endswith("says tests = 2 but matches 1 ids of the default tier: fix the pattern or the "
+                                       "count")], run.outlines
