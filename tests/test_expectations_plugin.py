@@ -411,3 +411,15 @@ def test_a_wrong_count_under_xdist_stops_the_run_with_its_line(session):
     assert [line for line in run.outlines if "Interrupted: " in line and
             line.rstrip(" !").endswith("says tests = 2 but matches 1 ids of the default tier: fix the pattern or the "
                                        "count")], run.outlines
+
+
+def test_records_tell_a_known_crash_from_a_known_divergence_across_xdist(session):
+    """The record of a waived test says which kind of entry waived it (the matrix counts them apart), also
+    when the report crossed from an xdist worker."""
+    _write(session, RELEASE_FILE, release_file(*ENTRIES))
+    results_dir = session.path / "results"
+    session.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", f"--results-dir={results_dir}",
+                                 f"{TEST}test_diverges", f"{TEST}test_known_crash", timeout=HANG_GUARD)
+    records = [json.loads(line) for path in results_dir.glob("*.jsonl") for line in path.read_text().splitlines()]
+    kinds = {record["nodeid"]: record.get("expectation_kind") for record in records if "nodeid" in record}
+    assert kinds == {TEST + "test_diverges": "divergence", TEST + "test_known_crash": "crash"}, kinds
