@@ -8,7 +8,6 @@ a C++ toolchain every test here skips with the one-line reason the platform give
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -26,34 +25,6 @@ pytest_plugins = ["pytester"]
 
 
 _USER_CACHE = build.cache_root()  # read before pytester points HOME elsewhere
-
-
-def _plugin():
-    return sys.modules.get("ascend_conformance_fixtures.plugin") or importlib.import_module("fixtures.plugin")
-
-
-@pytest.fixture(scope="session")
-def emulated_runner(request, tmp_path_factory):
-    """The session's runner on npu-emulated (built once; skipped with the reason when it cannot be)."""
-    plat = platforms.by_name("npu-emulated")
-    plat.slots = request.config.getoption("--devices")
-    reason = plat.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    runner = _plugin().make_world_runner(request.config, tmp_path_factory, plat)
-    yield runner
-    runner.shutdown()
-
-
-@pytest.fixture
-def emulated_world(emulated_runner, request):
-    def make(n: int, pool: str = ""):
-        reason = emulated_runner.skip_reason(n)
-        if reason:
-            pytest.skip(reason)
-        return _plugin().World(emulated_runner, n, request.node.nodeid, None, pool)
-
-    return make
 
 
 # --- the platform -------------------------------------------------------------------------------------
