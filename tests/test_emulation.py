@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 
+import numpy
 import pytest
 import torch
 import torch.distributed as dist
@@ -152,6 +153,8 @@ def device_semantics():
         out["two devices"] = str(exc).splitlines()[0]
     host = torch.randn(4, 5)
     out["round trip"] = torch.equal(host.to("npu:1").to("npu:0").cpu(), host)
+    # non-blocking to the host allocates it pinned (vllm-ascend's dispatchers copy their split sizes so)
+    out["non-blocking to host"] = one.to(torch.device("cpu"), non_blocking=True).tolist()
     out["broadcast copy"] = torch.zeros(3, device="npu:1").copy_(torch.tensor(2.0)).tolist()
     out["not a cpu tensor"] = (one.is_cpu, one.device.type)
     view = one.view(-1)
@@ -193,6 +196,7 @@ def test_device_semantics(emulated_world):
                                    "devices, npu:1 and cpu!")
     assert "npu:1 and npu:0" in out["two devices"]
     assert out["round trip"] and out["not a cpu tensor"] == (False, "npu")
+    assert out["non-blocking to host"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert out["broadcast copy"] == [2.0, 2.0, 2.0]
     assert out["view writes through"] == 42.0
     assert out["set_device"] == (1, "npu:1")
@@ -226,6 +230,10 @@ def collectives_over_hccl():
     exchanged = torch.empty(2, device=device)
     dist.all_to_all_single(exchanged, torch.tensor([10.0 * rank, 10.0 * rank + 1], device=device))
     out["all_to_all_single"] = exchanged.tolist()
+    uneven = torch.empty(2 * (1 + rank), device=device)  # split sizes as numpy arrays, as vllm-ascend passes them
+    dist.all_to_all_single(uneven, torch.full((3,), float(rank), device=device),
+                           output_split_sizes=numpy.array([1 + rank, 1 + rank]), input_split_sizes=numpy.array([1, 2]))
+    out["all_to_all_single numpy splits"] = uneven.tolist()
     sent = torch.full((3,), float(rank), device=device)
     dist.broadcast(sent, src=1)
     out["broadcast"] = sent.tolist()
@@ -262,6 +270,7 @@ def test_collectives_of_npu_tensors_through_hccl(emulated_world):
         assert out["all_gather unequal"] == [[0.0], [1.0, 1.0]]
         assert out["reduce_scatter_tensor"] == [[0.0, 2.0], [4.0, 6.0]][rank]
         assert out["all_to_all_single"] == [[0.0, 10.0], [1.0, 11.0]][rank]
+        assert out["all_to_all_single numpy splits"] == [[0.0, 1.0], [0.0, 0.0, 1.0, 1.0]][rank]
         assert out["broadcast"] == [1.0, 1.0, 1.0]
         assert out["batch_isend_irecv"] == (f"npu:{rank}", [6.0 - rank] * 2)
         assert out["all_gather_object"] == [{"rank": 0}, {"rank": 1}]
