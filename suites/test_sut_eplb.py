@@ -56,6 +56,7 @@ from ascend_conformance.eplb.placement import rebalance_one_replica_per_rank, wh
 from ascend_conformance.eplb.plan import plan_redistribution
 from ascend_conformance.eplb.redistribute import execute_plan
 from ascend_conformance.errors import Divergence
+from ascend_conformance.harness import rank_context
 from ascend_conformance.sut import VLLM, VLLM_ASCEND
 from ascend_conformance.sut import vllm_ascend_eplb, vllm_eplb
 
@@ -554,12 +555,14 @@ def stage_seed(stage: int) -> int:
     return TRANSFER_SEED + 7919 * stage  # each PP stage holds other layers: other weights
 
 
-def rank_weights(table: torch.Tensor, rank: int, seed: int, dtype, roles) -> list:
-    """EP rank ``rank``'s ``{role: [S, ...]}`` per layer, row s = the tensor of the expert in local slot s."""
+def rank_weights(table: torch.Tensor, rank: int, seed: int, dtype, roles, device) -> list:
+    """EP rank ``rank``'s ``{role: [S, ...]}`` per layer, row s = the tensor of the expert in local slot s;
+    drawn on the host, placed on ``device`` (a rank's, where the expert weights live; the parent's judgement
+    builds its expectation on the host)."""
     out = []
     for layer in range(table.shape[0]):
         rows = [expert_weights(seed, layer, e, dtype, roles) for e in table[layer, rank].tolist()]
-        out.append({role: torch.stack([row[role] for row in rows]).contiguous() for role in roles})
+        out.append({role: torch.stack([row[role] for row in rows]).contiguous().to(device) for role in roles})
     return out
 
 
@@ -603,7 +606,8 @@ def transfer_tables(source: str, experts: int, ranks: int, redundant: int) -> tu
     """In a rank: (old, new, rejected) of a transfer case, computed on rank 0 and given to all (a policy may
     not be deterministic across processes; every rank must plan the same move). A policy's table goes
     through the release's own EplbWorker.check_expert_placement first, as EplbWorker.do_update puts it;
-    ``rejected`` lists why, when that check keeps the old placement of every layer (else None)."""
+    ``rejected`` lists why, when that check keeps the old placement of every layer (else None). The tables
+    are placements, host data as EPLB computes them (an object broadcast), never device tensors."""
     tables: list = [None]
     if dist.get_rank() == 0:
         try:
@@ -645,11 +649,12 @@ def _transfer_on_rank(source: str, experts: int, redundant: int, dtype_name: str
                    "roles": roles, "layout": vllm_ascend_eplb.shim().WEIGHT_LAYOUT}
         if rejected:
             return {**outcome, "rejected": rejected}
-        release = rank_weights(old, me, stage_seed(stage), dtype, roles)
+        device = rank_context().device
+        release = rank_weights(old, me, stage_seed(stage), dtype, roles, device)
         done = vllm_ascend_eplb.redistribute(old, new, release, groups, stage=stage, num_stages=pp)
         if "stopped" in done:
             return {**outcome, "stopped": done["stopped"]}
-        reference = rank_weights(old, me, stage_seed(stage), dtype, roles)
+        reference = rank_weights(old, me, stage_seed(stage), dtype, roles, device)
         execute_plan(plan_redistribution(table_phy2log(old), table_phy2log(new), ranks),
                      [[layer[role] for role in roles] for layer in reference], ep)
         return {**outcome, "release": release, "reference": reference, "recvs": done["recvs"]}
@@ -687,7 +692,8 @@ def judge_transfer(per_rank: list, case: tuple) -> int:
     for rank, outcome in enumerate(per_rank):
         me, stage, roles = outcome["ep_rank"], outcome["stage"], outcome["roles"]
         who = f"rank {rank} (EP rank {me}" + (f", PP stage {stage})" if pp > 1 else ")")
-        expected = rank_weights(new, me, stage_seed(stage), getattr(torch, dtype), roles)
+        # the parent judges on the host: the ranks' weights come back as host tensors
+        expected = rank_weights(new, me, stage_seed(stage), getattr(torch, dtype), roles, device="cpu")
         for layer in range(old.shape[0]):
             for role in roles:
                 got, ref, want = (w[layer][role] for w in (outcome["release"], outcome["reference"], expected))

@@ -90,8 +90,10 @@ def true_weight(seed: int, layer: int, dtype) -> torch.Tensor:
 
 
 def pass_input(p: int, start: int, dtype) -> torch.Tensor:
+    """A pass's input, drawn on the host (seeded alike on every platform) and handed to the layers on the
+    rank's device."""
     generator = torch.Generator().manual_seed(rank_context().world_seed + 31 * p + start)
-    return torch.randn(TOKENS, HIDDEN, generator=generator, dtype=torch.float64).to(dtype)
+    return torch.randn(TOKENS, HIDDEN, generator=generator, dtype=torch.float64).to(rank_context().device, dtype)
 
 
 def unsharded_outputs(start: int, count: int, seed: int, dtype) -> list:
@@ -128,12 +130,14 @@ def _run_series(outcome: dict, group, name: str, before: dict, start: int, count
                 module) -> None:
     n, me = group.world_size, group.rank_in_group
     layers = layer_shard.build_layers(start, count, HIDDEN, dtype)
-    outcome["unsharded_bytes"] = sum(new_storage_sizes(before, dtype))
+    # weight storage on the rank's device only: the host copies of a broadcast are not device storage
+    device = rank_context().device
+    outcome["unsharded_bytes"] = sum(new_storage_sizes(before, dtype, device=device))
     layer_shard.register(name, group, layers, k, module=module)
     layer_shard.load(layers, {i: true_weight(seed, i, dtype) if i % n == me
                               else torch.full((HIDDEN, HIDDEN), float("nan"), dtype=dtype) for i in layers})
     layer_shard.finish(layers, module=module)
-    outcome["after_setup"] = new_storage_sizes(before, dtype)
+    outcome["after_setup"] = new_storage_sizes(before, dtype, device=device)
     started_at: dict[int, int] = {}  # layer -> step of the reach_layer that last started its broadcast
     offsets, distances, outputs, step = set(), set(), [], 0
     try:
@@ -154,7 +158,7 @@ def _run_series(outcome: dict, group, name: str, before: dict, start: int, count
     finally:
         outcome.update(outputs=outputs, offsets=sorted(offsets), distances=sorted(distances))
     layer_shard.drain(layers, module=module)
-    outcome["after_passes"] = new_storage_sizes(before, dtype)
+    outcome["after_passes"] = new_storage_sizes(before, dtype, device=device)
 
 
 def _series_batch(cases: list) -> list:

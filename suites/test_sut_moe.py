@@ -44,6 +44,7 @@ import re
 import shutil
 
 import pytest
+from moe_shapes import MC2_LIMITED_PLATFORMS, SUT_HIDDEN, SUT_INTERMEDIATE
 from sut_support import need_feature, need_stack, sut_world
 
 from ascend_conformance import platform as platforms
@@ -72,8 +73,9 @@ DEFAULT_DEVICES = {"A3": (("alltoall", "mc2"), tuple(LAYOUTS)), "A5": (METHODS, 
 FULL_DEVICES = {device: (METHODS, tuple(LAYOUTS)) for device in ("A3", "A5", "A2")}
 # torch_npu's MC2 dispatch / combine take bf16 / fp16 only (the golden ops would accept float32).
 NOT_COMPUTED = {("mc2", "contiguous-float32")}
-SHAPES = ((8, 2), (16, 1), (16, 4))  # (E, K); H 8, I 4
-SHAPE = dict(hidden=8, intermediate=4)
+SHAPES = ((8, 2), (16, 1), (16, 4))  # (E, K)
+# H and I: 8 and 4 on cpu; where the MC2 ops' documented limits apply (an NPU, the emulated NPU), sizes inside them
+SHAPE = dict(hidden=SUT_HIDDEN, intermediate=SUT_INTERMEDIATE)
 # The contract each forced input is held to (docs/systems_under_test.md): "precondition" -- the method is
 # documented to need something the input lacks, so some scenario must differ from the oracle; "holds" --
 # the method must compute right although the release never selects it for the input.
@@ -216,32 +218,43 @@ def run_and_check(world, report, device_type: str, cases: list[SutCase], variant
     return summaries
 
 
-def _applicable(report, device_type: str, method: str, group_scenarios: list[Scenario]) -> list[Scenario]:
-    """The scenarios the real MC2 ops take (all of them with the golden ops)."""
-    if method != "mc2" or platforms.get().name != "npu":
-        return group_scenarios
+def _applicable(report, device_type: str, method: str, group_scenarios: list[Scenario]) -> tuple[list, list]:
+    """(the scenarios the MC2 ops of ``device_type`` take, why each other one is refused): on an NPU the real
+    ops' documented limits, and the same limits on the emulated NPU (its stand-in emulates that SoC); every
+    scenario on cpu."""
+    if method != "mc2" or platforms.get().name not in MC2_LIMITED_PLATFORMS:
+        return group_scenarios, []
     refused = {s: mc2_unsupported_reason(s, device_type) for s in group_scenarios}
     notes = [f"{s.label()}: {reason}" for s, reason in refused.items() if reason]
     if notes:
         report.attach("scenarios not run: outside the MC2 ops' documented limits", "\n".join(notes))
-    return [s for s in group_scenarios if not refused[s]]
+    return [s for s in group_scenarios if not refused[s]], [reason for reason in refused.values() if reason]
+
+
+def _skip_outside_limits(device_type: str, refusals: list[str]) -> None:
+    """No scenario of the test is one the MC2 ops take: skip, naming the first scenario's reason."""
+    pytest.skip(f"every scenario is outside the MC2 ops' documented limits on {device_type}"
+                + (f": {refusals[0]}" if refusals else ""))
 
 
 def _shared_run(world, shared_runs, report, device_type, method, layout, group, full):
-    """One world run for both kinds of verdict of an id: (reached cases, forced cases, results of each)."""
+    """One world run for both kinds of verdict of an id: (reached cases, forced cases, results of each, why
+    the MC2 ops refuse the scenarios left out)."""
     shim = lines.shim(ADAPTER, VLLM_ASCEND)
     expert_map, reached, forced = split(device_type, method, layout, group, full, shim)
-    reached = _applicable(report, device_type, method, reached)
-    forced = _applicable(report, device_type, method, forced)
+    reached, refused_reached = _applicable(report, device_type, method, reached)
+    forced, refused_forced = _applicable(report, device_type, method, forced)
+    refusals = refused_reached + refused_forced
     cases = ([SutCase(s, expert_map, deployment(method)) for s in reached]
              + [SutCase(s, expert_map, deployment(method), forced=True) for s in forced])
     if not cases:
-        pytest.skip(f"every scenario is outside the MC2 ops' documented limits on {device_type}")
+        _skip_outside_limits(device_type, refusals)
     key = f"moe-{device_type}-{method}-{layout}-{group}-{'full' if full else 'default'}"
     results = shared_runs.get(key, lambda: run_world(world, device_type, cases))
     report.sut(ops=results[0][0].get("ops"), device_type=device_type)
     per_case = [[rank[index] for rank in results] for index in range(len(cases))]
-    return cases[:len(reached)], per_case[:len(reached)], cases[len(reached):], per_case[len(reached):]
+    return (cases[:len(reached)], per_case[:len(reached)], cases[len(reached):], per_case[len(reached):],
+            refusals)
 
 
 def test_comm_method(world, shared_runs, report, request, device_type, method, layout, group):
@@ -250,9 +263,10 @@ def test_comm_method(world, shared_runs, report, request, device_type, method, l
     the dense oracle."""
     _need_device(device_type)
     full = request.config.getoption("--full")
-    cases, results, _, _ = _shared_run(world, shared_runs, report, device_type, method, layout, group, full)
+    cases, results, _, _, refusals = _shared_run(world, shared_runs, report, device_type, method, layout, group,
+                                                 full)
     if not cases:
-        pytest.skip(f"every scenario is outside the MC2 ops' documented limits on {device_type}")
+        _skip_outside_limits(device_type, refusals)
     summaries, failures = verdicts(device_type, cases, [list(r) for r in zip(*results)])
     raise_failures(failures, len(cases))
     report.figure("max abs err", max(float(s["max_abs_err"]) for s in summaries), "")
@@ -265,9 +279,10 @@ def test_method_contract(world, shared_runs, report, request, record_property, d
     _need_device(device_type)
     record_property("check", "contract")
     full = request.config.getoption("--full")
-    _, _, cases, results = _shared_run(world, shared_runs, report, device_type, method, layout, group, full)
+    _, _, cases, results, refusals = _shared_run(world, shared_runs, report, device_type, method, layout, group,
+                                                 full)
     if not cases:
-        pytest.skip(f"every scenario is outside the MC2 ops' documented limits on {device_type}")
+        _skip_outside_limits(device_type, refusals)
     _, failures = verdicts(device_type, cases, [list(r) for r in zip(*results)])
     contract = CONTRACTS["permuted" if group == "permuted" else "unselected"]
     outcome = "holds" if not failures else f"violated: {failures[0].splitlines()[0]}"

@@ -39,6 +39,30 @@ def world_runner(request, tmp_path_factory):
     yield runner
     runner.shutdown()
 
+@pytest.fixture(scope="session")
+def emulated_runner(request, tmp_path_factory):
+    """The session's runner on npu-emulated (built once; skipped with the reason when it cannot be)."""
+    plat = platforms.by_name("npu-emulated")
+    plat.slots = request.config.getoption("--devices")
+    reason = plat.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    runner = _plugin().make_world_runner(request.config, tmp_path_factory, plat)
+    yield runner
+    runner.shutdown()
+
+
+@pytest.fixture
+def emulated_world(emulated_runner, request):
+    """``emulated_world(n, pool="")``: a world of n ranks on the emulated npu (the self-tests' ``world`` is cpu)."""
+    def make(n: int, pool: str = ""):
+        reason = emulated_runner.skip_reason(n)
+        if reason:
+            pytest.skip(reason)
+        return _plugin().World(emulated_runner, n, request.node.nodeid, None, pool)
+
+    return make
+
 
 @pytest.fixture(autouse=True)
 def _self_tests_run_on_cpu(request, monkeypatch):

@@ -51,14 +51,31 @@ def test_profiles_allow_only_their_skips():
         "a known gap of gloo")
     assert cpu.allowed_skip("vllm_ascend not installed (make setup installs ...)") is None
     assert npu.allowed_skip("torch_npu not importable: libhccl.so: cannot open shared object file") is None
-    not_offered = ("vllm 0.23.0 GroupCoordinator all_gatherv: 10 checks right, not available on dp: "
-                   "DeviceCommunicatorBase: NotImplementedError")
+    # the skip messages of suites/test_sut_groups.py's GroupCoordinator verdicts
+    not_offered = ("vllm 0.23.0 GroupCoordinator gather float32 (values) on W4-DP2-TP2: 10 checks right, not "
+                   "available on pp: NoneType: NotImplementedError: gather needs a device communicator")
     assert cpu.allowed_skip(not_offered.replace(": 10 checks", ": 0 checks")) is None  # nothing was judged
     assert cpu.allowed_skip(not_offered.replace(": 10 checks", ": 01 checks")) is None
-    from_last = ("vllm 0.23.0 GroupCoordinator broadcast_object_from_last: 12 checks right, not available on tp: "
-                 "broadcast_object from a group rank other than 0 on a group with a message-queue broadcaster (...)")
+    from_last = ("vllm 0.23.0 GroupCoordinator broadcast_object_from_last (values) on W4-DP2-TP2: 12 checks right, "
+                 "not available on tp: broadcast_object from a group rank other than 0 on a group with a "
+                 "message-queue broadcaster (...)")
     assert cpu.allowed_skip(not_offered) and cpu.allowed_skip(from_last)
     assert npu.allowed_skip(not_offered) is None and npu.allowed_skip(from_last)
+    # all_gatherv / reduce_scatterv: no communicator implements them, anywhere; allowed only when every group says so
+    v_cases = ("vllm 0.23.0 GroupCoordinator all_gatherv int32 (values) on W4-DP2-TP2: 0 checks right, not available "
+               "on dp: DeviceCommunicatorBase: NotImplementedError; pp: NoneType: NotImplementedError: all_gatherv "
+               "needs a device communicator, which vLLM gives no group of one")
+    assert cpu.allowed_skip(v_cases) and npu.allowed_skip(v_cases)
+    assert npu.allowed_skip(v_cases.replace("; pp: NoneType: NotImplementedError", "; pp: RuntimeError")) is None
+    # A2's MC2 ops need EP >= 16: an npu-a2 host's skip of that rule alone
+    a2_ep = ("every scenario is outside the MC2 ops' documented limits on A2: the A2 MC2 ops do not take this shape: "
+             "ep_world_size 2 is not one of 16, 32, 64, 128, 256 (the EP group spans servers of 8 NPUs) "
+             "[torch_npu.npu_moe_distribute_dispatch_v2 / combine_v2: ep_world_size]")
+    assert profiles.get("npu-a2").allowed_skip(a2_ep) and npu.allowed_skip(a2_ep) is None
+    assert profiles.get("npu-a2").allowed_skip(a2_ep.replace(" [torch", "; H 8 is not a multiple of 32 [torch")) is None
+    # the emulated hccl's integer AVG: accepted in an emulated run only (acceptance/verify.py), never by a profile
+    avg = "hccl (emulated, over gloo) does not support all_reduce AVG on int64 (torch 2.13.0): boom"
+    assert npu.allowed_skip(avg) is None and any(rule.matches(avg) for rule in profiles.EMULATED_RUN_SKIPS)
     assert mustpass.collection_args(npu) == ["--platform", "npu", "--full"]
     assert mustpass.collection_args(cpu) == ["--platform", "cpu", "--devices", "8"]
 

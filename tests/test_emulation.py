@@ -8,12 +8,12 @@ a C++ toolchain every test here skips with the one-line reason the platform give
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 import threading
 
+import numpy
 import pytest
 import torch
 import torch.distributed as dist
@@ -26,34 +26,6 @@ pytest_plugins = ["pytester"]
 
 
 _USER_CACHE = build.cache_root()  # read before pytester points HOME elsewhere
-
-
-def _plugin():
-    return sys.modules.get("ascend_conformance_fixtures.plugin") or importlib.import_module("fixtures.plugin")
-
-
-@pytest.fixture(scope="session")
-def emulated_runner(request, tmp_path_factory):
-    """The session's runner on npu-emulated (built once; skipped with the reason when it cannot be)."""
-    plat = platforms.by_name("npu-emulated")
-    plat.slots = request.config.getoption("--devices")
-    reason = plat.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    runner = _plugin().make_world_runner(request.config, tmp_path_factory, plat)
-    yield runner
-    runner.shutdown()
-
-
-@pytest.fixture
-def emulated_world(emulated_runner, request):
-    def make(n: int, pool: str = ""):
-        reason = emulated_runner.skip_reason(n)
-        if reason:
-            pytest.skip(reason)
-        return _plugin().World(emulated_runner, n, request.node.nodeid, None, pool)
-
-    return make
 
 
 # --- the platform -------------------------------------------------------------------------------------
@@ -181,6 +153,8 @@ def device_semantics():
         out["two devices"] = str(exc).splitlines()[0]
     host = torch.randn(4, 5)
     out["round trip"] = torch.equal(host.to("npu:1").to("npu:0").cpu(), host)
+    # non-blocking to the host allocates it pinned (vllm-ascend's dispatchers copy their split sizes so)
+    out["non-blocking to host"] = one.to(torch.device("cpu"), non_blocking=True).tolist()
     out["broadcast copy"] = torch.zeros(3, device="npu:1").copy_(torch.tensor(2.0)).tolist()
     out["not a cpu tensor"] = (one.is_cpu, one.device.type)
     view = one.view(-1)
@@ -222,6 +196,7 @@ def test_device_semantics(emulated_world):
                                    "devices, npu:1 and cpu!")
     assert "npu:1 and npu:0" in out["two devices"]
     assert out["round trip"] and out["not a cpu tensor"] == (False, "npu")
+    assert out["non-blocking to host"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert out["broadcast copy"] == [2.0, 2.0, 2.0]
     assert out["view writes through"] == 42.0
     assert out["set_device"] == (1, "npu:1")
@@ -255,6 +230,10 @@ def collectives_over_hccl():
     exchanged = torch.empty(2, device=device)
     dist.all_to_all_single(exchanged, torch.tensor([10.0 * rank, 10.0 * rank + 1], device=device))
     out["all_to_all_single"] = exchanged.tolist()
+    uneven = torch.empty(2 * (1 + rank), device=device)  # split sizes as numpy arrays, as vllm-ascend passes them
+    dist.all_to_all_single(uneven, torch.full((3,), float(rank), device=device),
+                           output_split_sizes=numpy.array([1 + rank, 1 + rank]), input_split_sizes=numpy.array([1, 2]))
+    out["all_to_all_single numpy splits"] = uneven.tolist()
     sent = torch.full((3,), float(rank), device=device)
     dist.broadcast(sent, src=1)
     out["broadcast"] = sent.tolist()
@@ -291,6 +270,7 @@ def test_collectives_of_npu_tensors_through_hccl(emulated_world):
         assert out["all_gather unequal"] == [[0.0], [1.0, 1.0]]
         assert out["reduce_scatter_tensor"] == [[0.0, 2.0], [4.0, 6.0]][rank]
         assert out["all_to_all_single"] == [[0.0, 10.0], [1.0, 11.0]][rank]
+        assert out["all_to_all_single numpy splits"] == [[0.0, 1.0], [0.0, 0.0, 1.0, 1.0]][rank]
         assert out["broadcast"] == [1.0, 1.0, 1.0]
         assert out["batch_isend_irecv"] == (f"npu:{rank}", [6.0 - rank] * 2)
         assert out["all_gather_object"] == [{"rank": 0}, {"rank": 1}]

@@ -100,20 +100,44 @@ TORCH_NPU_MISSING_SKIPS = (
     AllowedSkip(r"torch_npu not installed", _TORCH_NPU_MISSING),
     AllowedSkip(r"torch_npu imported but no NPU device is visible", _TORCH_NPU_MISSING),
 )
-# suites/test_sut_groups.py skips a GroupCoordinator case it cannot check, naming where and why, after
-# checking it wherever it can. On CPU, vLLM's platform has no device communicator, so the v-collectives are
-# not offered at all; on every platform broadcast_object from a rank other than 0 is refused where a
-# message-queue broadcaster is in use (vLLM's own contract). Only after at least one check: a case that
-# checked nothing anywhere has not been judged, and is no allowed skip.
+# An npu profile run on the emulated npu (acceptance/verify.py) also accepts the emulated hccl's own gap: it is gloo
+# on host copies and refuses an integer AVG as gloo does (KNOWN_BACKEND_GAPS of suites/test_collectives.py).
+EMULATED_RUN_SKIPS = TORCH_NPU_MISSING_SKIPS + (
+    AllowedSkip(r"hccl \(emulated, over gloo\) does not support all_reduce AVG on int(32|64) ",
+                "a gap of the emulated hccl, which is gloo on host copies (docs/emulation.md); what real HCCL does "
+                "is judged on an NPU host"),
+)
+# suites/test_sut_groups.py skips a GroupCoordinator verdict it cannot check, naming where and why, after checking
+# it wherever it can ("vllm V GroupCoordinator <case> [<dtype>] (<claim>) on <layout>: N checks right, not
+# available on <kind>: <why>; ..."). On CPU, vLLM's platform has no device communicator, so the v-collectives are
+# not offered at all; on every platform broadcast_object from a rank other than 0 is refused where a message-queue
+# broadcaster is in use (vLLM's own contract). Only after at least one check: a case that checked nothing anywhere
+# has not been judged, and is no allowed skip (but the v-collectives, below).
 _COORDINATOR_ON_CPU = AllowedSkip(
-    r"vllm \S+ GroupCoordinator \S+: [1-9]\d* checks right, not available on ",
+    r"vllm \S+ GroupCoordinator \S+(?: \S+)? \(\w+\) on \S+: [1-9]\d* checks right, not available on ",
     "an operation vLLM's GroupCoordinator does not offer on the CPU platform (no device communicator) or on a "
     "group with a message-queue broadcaster; checked wherever it is offered")
 _BROADCAST_FROM_LAST = AllowedSkip(
-    r"vllm \S+ GroupCoordinator broadcast_object_from_last: [1-9]\d* checks right, not available on \w+: "
-    r"broadcast_object from a group rank other than 0 on a group with a message-queue broadcaster",
+    r"vllm \S+ GroupCoordinator broadcast_object_from_last \(values\) on \S+: [1-9]\d* checks right, not available "
+    r"on \w+: broadcast_object from a group rank other than 0 on a group with a message-queue broadcaster",
     "vLLM's GroupCoordinator.broadcast_object takes src 0 only where a message-queue broadcaster is in use; "
     "checked on the other groups")
+# GroupCoordinator.all_gatherv / reduce_scatterv go straight to the platform's device communicator, and neither
+# vLLM's DeviceCommunicatorBase (CPU, the emulated npu) nor vllm-ascend's NPUCommunicator (an NPU host; it adds
+# all_to_all only) implements them, nor has a group of one a communicator: every group raises
+# NotImplementedError, on every host. Allowed only when every group says exactly that.
+_V_COLLECTIVES_NOT_IMPLEMENTED = AllowedSkip(
+    r"vllm \S+ GroupCoordinator (all_gatherv|reduce_scatterv) \S+ \(\w+\) on \S+: \d+ checks right, not available on "
+    r"\w+: \w+: NotImplementedError(?!.*; \w+: (?!\w+: NotImplementedError))",
+    "vLLM's GroupCoordinator.all_gatherv / reduce_scatterv need the platform's device communicator to implement "
+    "them, which neither vLLM's base communicator nor vllm-ascend's NPUCommunicator does")
+# An A2 host's MC2 ops take EP groups of 16 to 256 ranks only (an EP group across servers of 8 NPUs,
+# moe/mc2_applicability.py): an 8-NPU A2 host skips the MC2 contract checks, whose EP is 2 or 4, for that rule
+# alone (a scenario outside any other limit is no allowed skip).
+_A2_MC2_NEEDS_EP16 = AllowedSkip(
+    r"every scenario is outside the MC2 ops' documented limits on A2: the A2 MC2 ops do not take this shape: "
+    r"ep_world_size \d+ is not one of 16, 32, 64, 128, 256 \(the EP group spans servers of 8 NPUs\) \[",
+    "A2's MC2 ops need an EP group of 16 or more ranks, across servers: one 8-NPU host cannot run them")
 
 CPU_REFERENCE = Profile(
     name="cpu-reference",
@@ -125,24 +149,26 @@ CPU_REFERENCE = Profile(
         AllowedSkip(r"gloo does not support all_reduce AVG on int(32|64) ",
                     "a known gap of gloo (KNOWN_BACKEND_GAPS of suites/test_collectives.py)"),
         _COORDINATOR_ON_CPU,
+        _V_COLLECTIVES_NOT_IMPLEMENTED,
     ),
     workers=2, pytest_args=("--platform", "cpu", "--devices", "8"),
 )
 
 
-def _npu(device_type: str, soc_prefixes: tuple[str, ...], summary: str) -> Profile:
+def _npu(device_type: str, soc_prefixes: tuple[str, ...], summary: str, *host_skips: AllowedSkip) -> Profile:
     return Profile(
         name=f"npu-{device_type.lower()}",
         summary=summary,
         areas=CONFORMANCE_AREAS, tiers=("default", "full", "bench"), suts=ALL_SUTS, device_type=device_type,
         platform="npu", backend="hccl", ops="torch_npu", soc_prefixes=soc_prefixes, min_devices=8,
-        allowed_skips=(_BROADCAST_FROM_LAST,),
+        allowed_skips=(_BROADCAST_FROM_LAST, _V_COLLECTIVES_NOT_IMPLEMENTED, *host_skips),
         workers=8, pytest_args=("--platform", "npu"),
     )
 
 
 # SoC names as torch_npu reports them (vllm-ascend's setup.py maps the same names to A2 / A3).
-NPU_A2 = _npu("A2", ("Ascend910B",), "Atlas A2 (Ascend910B*): real torch_npu ops on HCCL, full tier and benchmarks")
+NPU_A2 = _npu("A2", ("Ascend910B",), "Atlas A2 (Ascend910B*): real torch_npu ops on HCCL, full tier and benchmarks",
+              _A2_MC2_NEEDS_EP16)
 NPU_A3 = _npu("A3", ("Ascend910_93",), "Atlas A3 (Ascend910_93*): real torch_npu ops on HCCL, full tier and benchmarks")
 
 PROFILES = {profile.name: profile for profile in (CPU_REFERENCE, NPU_A2, NPU_A3)}

@@ -38,6 +38,12 @@ def _done(result=None) -> dist.Work:
     return _create_work_from_future(future)
 
 
+def _split_sizes(sizes) -> list[int]:
+    """Split sizes as HCCL's binding takes them: any sequence of integers (vllm-ascend hands numpy arrays),
+    None or empty for equal splits."""
+    return [] if sizes is None else [int(size) for size in sizes]
+
+
 class _PostedWork(dist.Work):
     """A gloo send / receive in flight; ``wait`` finishes it (and copies a received tensor back)."""
 
@@ -252,7 +258,7 @@ class HcclGroup(dist.ProcessGroup):
         host = self._host("all_to_all_single", tensor)
         received = self._host_empty("all_to_all_single", output)
         self._transport("all_to_all_single").alltoall_base(
-            received, host, list(output_split_sizes or []), list(input_split_sizes or []),
+            received, host, _split_sizes(output_split_sizes), _split_sizes(input_split_sizes),
             opts if opts is not None else dist.AllToAllOptions()).wait()
         output.copy_(received)
         return _done([output])

@@ -118,15 +118,61 @@ def launch_variables(local_rank: int | None = None) -> dict[str, str]:
                  "LOCAL_RANK": str(local_rank if local_rank is not None else os.environ.get("LOCAL_RANK", rank)),
                  "MASTER_ADDR": os.environ.get("MASTER_ADDR") or host or "127.0.0.1",
                  "MASTER_PORT": os.environ.get("MASTER_PORT") or str(port or 0)}
-    if dist.get_backend() == "gloo":
-        variables["VLLM_TARGET_DEVICE"] = "cpu"
+    variables["VLLM_TARGET_DEVICE"] = target_device()
     return variables
+
+
+def rank_device():
+    """The torch device this rank is bound to (``rank_context().device``): ``npu:k`` on an NPU host and on the
+    emulated NPU, ``cpu`` on gloo. Everything an adapter builds for the release to compute on goes there."""
+    import torch
+
+    from ascend_conformance.harness import rank_context
+
+    return torch.device(rank_context().device)
+
+
+def target_device() -> str:
+    """``VLLM_TARGET_DEVICE`` for this rank: the type of its device (``cpu``, ``npu``), as a host of that
+    platform is set up (vLLM's CPU build says ``cpu``; on an NPU host vLLM must not take itself for CPU)."""
+    return rank_device().type
+
+
+# What vllm-ascend's NPUPlatform (vllm_ascend/platform.py) says of the device: vLLM's platform on an NPU host.
+NPU_PLATFORM_IDENTITY = {"device_name": "npu", "device_type": "npu", "dispatch_key": "PrivateUse1",
+                         "device_control_env_var": "ASCEND_RT_VISIBLE_DEVICES"}
+
+
+def present_rank_device_to_vllm() -> None:
+    """Where the rank's device is an NPU but vLLM has no platform of its own for it (the emulated NPU: vLLM
+    finds no platform plugin here and runs on its ``UnspecifiedPlatform``), vLLM's platform says of the
+    device what vllm-ascend's NPUPlatform says on an NPU host: out of tree, device ``npu``, dispatch key
+    PrivateUse1. So vLLM's GroupCoordinators live on ``npu:<local rank>`` and the custom ops vLLM registers
+    (``moe_forward``, ...) have kernels for the device, as on a host; on the CPU platform (gloo) nothing
+    changes. Process-wide and idempotent: SUT ranks belong to pools of their own (suites/sut_support.py).
+    Call it before vLLM's model-executor modules are imported (they register their ops at import)."""
+    device = rank_device()
+    if device.type == "cpu":
+        return
+    from vllm.platforms import current_platform
+    from vllm.platforms.interface import PlatformEnum
+
+    if current_platform.device_type and current_platform.device_type != device.type:
+        raise SutRefused(f"vLLM's platform has device type {current_platform.device_type!r}, the rank's device is "
+                         f"{device}: vLLM would place its tensors elsewhere")
+    if current_platform.device_type:
+        return  # a platform of its own for the device (vllm-ascend's plugin on an NPU host), or presented already
+    current_platform._enum = PlatformEnum.OOT
+    for name, value in NPU_PLATFORM_IDENTITY.items():
+        setattr(current_platform, name, value)
 
 
 @contextlib.contextmanager
 def launcher_environment(overrides: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` with ``overrides`` for the duration, then exactly as it was (also undoing whatever
-    the release itself wrote there meanwhile)."""
+    the release itself wrote there meanwhile); vLLM's platform presents the rank's device
+    (:func:`present_rank_device_to_vllm`)."""
+    present_rank_device_to_vllm()
     saved = dict(os.environ)
     os.environ.update(overrides)
     # vLLM binds its message-queue broadcasters' zmq sockets under VLLM_RPC_BASE_PATH (default: /tmp) and
@@ -230,5 +276,5 @@ def destroy_parallel_state() -> None:
         state._WORLD = None
 
 
-__all__ = ["label", "launch_variables", "launcher_environment", "refusals", "release_message", "configure_everywhere",
+__all__ = ["label", "launch_variables", "rank_device", "target_device", "present_rank_device_to_vllm", "launcher_environment", "refusals", "release_message", "configure_everywhere",
            "model_parallel_groups", "destroy_parallel_state", "model_directory", "model_config", "REFUSALS"]

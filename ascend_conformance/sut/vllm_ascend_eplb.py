@@ -126,6 +126,8 @@ def _release_imports() -> Iterator[None]:
 
     os.environ.setdefault("NUMBA_CACHE_DIR", NUMBA_CACHE)  # read once, when numba is first imported
     standin.activate()
+    # In a world, the launcher's variables with the rank's target device; outside one (a policy asked in the
+    # calling process) nothing runs on a device: the policies compute placements on the host.
     overrides = bringup.launch_variables() if dist.is_initialized() else {"VLLM_TARGET_DEVICE": "cpu"}
     with bringup.launcher_environment(overrides):
         yield
@@ -273,10 +275,11 @@ def _moe_layer_class():
             super().__init__()
             slots = weights["w13"].shape[0]
             shim().attach_weights(self, weights, slots)
-            self.global_expert_map = global_expert_map
+            device = weights["w13"].device  # the layer's: where the release keeps its map and load counts
+            self.global_expert_map = global_expert_map.to(device)
             self.local_num_experts = slots
             self.ep_rank = ep_rank
-            self.moe_load = torch.zeros(slots, dtype=torch.int64)
+            self.moe_load = torch.zeros(slots, dtype=torch.int64, device=device)
 
         def get_log2phy_map(self):
             return None  # no log2phy-based routing on this path: the expert map alone
@@ -442,6 +445,8 @@ def redistribute(old_table: torch.Tensor, new_table: torch.Tensor, layer_weights
             for send_info, recv_info, new_map, log2phy, layer_id in packed:
                 failure, ops = None, None
                 try:
+                    # the worker's packed maps are host tensors, as EplbWorker (a CPU process of its own) hands
+                    # them to the updator; the loader copies them into the layer's device maps itself
                     loader.set_log2phy_map(torch.as_tensor(log2phy))
                     loader.generate_expert_d2d_transfer_task(send_info, recv_info, torch.as_tensor(new_map),
                                                              line.loader_layer_id(adaptor, layer_id))

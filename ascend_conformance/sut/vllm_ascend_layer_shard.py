@@ -108,12 +108,13 @@ def shard_world(pp: int = 1) -> Iterator[dict]:
 
 def build_layers(start: int, count: int, hidden: int, dtype: torch.dtype) -> dict:
     """``{i: ReplicatedLinear}`` for layers ``[start, start + count)``, built under the current VllmConfig
-    with the prefixes a model gives its o_proj layers."""
+    with the prefixes a model gives its o_proj layers, on the rank's device."""
     from vllm.model_executor.layers.linear import ReplicatedLinear
 
-    return {i: ReplicatedLinear(hidden, hidden, bias=False, params_dtype=dtype,
-                                prefix=f"model.layers.{i}.self_attn.o_proj")
-            for i in range(start, start + count)}
+    with bringup.rank_device():  # as vLLM's model loader builds a model: parameters on the rank's device
+        return {i: ReplicatedLinear(hidden, hidden, bias=False, params_dtype=dtype,
+                                    prefix=f"model.layers.{i}.self_attn.o_proj")
+                for i in range(start, start + count)}
 
 
 def register(series_name: str, group, layers: dict, prefetch_step: int, module=None) -> None:

@@ -222,10 +222,11 @@ def prepare_process(device_type: str) -> str:
 
     if device_type not in DEVICE_TYPES:
         raise ConfigError(f"device type must be one of {', '.join(DEVICE_TYPES)}, got {device_type!r}")
-    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    os.environ.setdefault("VLLM_TARGET_DEVICE", bringup.target_device())
     ops = standin.activate(device_type)
     if ops == "golden":
         _emulate_build(device_type)
+    bringup.present_rank_device_to_vllm()  # before the layer's modules register vLLM's custom ops
     return ops
 
 
@@ -269,9 +270,9 @@ def _vllm_config(scenario: Scenario, additional_config: dict, max_num_seqs: int)
                               distributed_executor_backend="external_launcher")
     scheduler = SchedulerConfig(max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, max_num_seqs=max_num_seqs,
                                 max_model_len=64, is_encoder_decoder=False)
-    # The device explicitly: vLLM cannot infer one where it runs as a library without a platform plugin.
+    # The device explicitly, the rank's: vLLM cannot infer one where it runs as a library without a platform plugin.
     return VllmConfig(model_config=model, parallel_config=parallel, scheduler_config=scheduler,
-                      device_config=DeviceConfig(device="cpu"), additional_config=additional_config)
+                      device_config=DeviceConfig(device=bringup.rank_device()), additional_config=additional_config)
 
 
 @contextlib.contextmanager
@@ -315,7 +316,7 @@ def encode_routing(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.
     >>> encode_routing(torch.tensor([[3, 1]], dtype=torch.int32), torch.tensor([[0.75, 0.25]])).tolist()
     [[3.0, 1.0, 0.75, 0.25, 1.0]]
     """
-    real = torch.ones((topk_ids.shape[0], 1))
+    real = torch.ones((topk_ids.shape[0], 1), device=topk_ids.device)
     return torch.cat([topk_ids.float(), topk_weights.float(), real], dim=1)
 
 
@@ -329,8 +330,9 @@ def decode_routing(encoded: torch.Tensor, top_k: int) -> tuple[torch.Tensor, tor
     """
     encoded = encoded.float()
     real = encoded[:, 2 * top_k:2 * top_k + 1] > 0.5
-    ids = torch.where(real, encoded[:, :top_k], torch.arange(top_k, dtype=torch.float32)).round().to(torch.int32)
-    weights = torch.where(real, encoded[:, top_k:2 * top_k], torch.full((1, top_k), 1.0 / top_k))
+    ids = torch.where(real, encoded[:, :top_k], torch.arange(top_k, dtype=torch.float32, device=encoded.device))
+    ids = ids.round().to(torch.int32)
+    weights = torch.where(real, encoded[:, top_k:2 * top_k], torch.full((1, top_k), 1.0 / top_k, device=encoded.device))
     return ids, weights
 
 
@@ -351,16 +353,18 @@ class _Layer:
 
 
 def _permuted_map(case: SutCase, ep_rank: int) -> torch.Tensor:
+    """The permuted map on the rank's device, where the release keeps the maps it builds itself."""
     expert_map = torch.full((case.scenario.experts,), -1, dtype=torch.int32)
     mine = case.placement_rows()[ep_rank]
     expert_map[torch.tensor(mine)] = torch.arange(len(mine), dtype=torch.int32)
-    return expert_map
+    return expert_map.to(bringup.rank_device())
 
 
 def _build_layer(case: SutCase, world: _World, shim) -> _Layer:
     """The release's layer for the case (collective), with the scenario's weights in its local slots."""
     scenario = case.scenario
-    module = shim.build_layer(shim.layer_kwargs(scenario, scenario_routing, LAYER_PREFIX))
+    with bringup.rank_device():  # as vLLM's model loader builds a model: parameters on the rank's device
+        module = shim.build_layer(shim.layer_kwargs(scenario, scenario_routing, LAYER_PREFIX))
     holder = shim.experts(module)
     if case.expert_map == "permuted":
         shim.install_expert_map(module, _permuted_map(case, world.rank))
@@ -381,9 +385,9 @@ def _build_layer(case: SutCase, world: _World, shim) -> _Layer:
         holder.w13_weight.data.zero_()
         holder.w2_weight.data.zero_()
         for local, expert in enumerate(local_experts):
-            if expert >= 0:  # what the checkpoint loader does: expert e's rows into its local slot
-                holder.w13_weight.data[local] = w13[expert]
-                holder.w2_weight.data[local] = w2[expert]
+            if expert >= 0:  # what the checkpoint loader does: expert e's rows (host) into its local slot (device)
+                holder.w13_weight.data[local].copy_(w13[expert])
+                holder.w2_weight.data[local].copy_(w2[expert])
     holder.quant_method.process_weights_after_loading(holder)
     return _Layer(module, holder, expert_map, log2phy.cpu() if log2phy is not None else None, local_experts)
 
@@ -398,8 +402,9 @@ def _forward(case: SutCase, world: _World, layer: _Layer, shim, x, topk_ids, top
     from vllm_ascend.ops.fused_moe.moe_comm_method import get_moe_comm_method
 
     kind = getattr(MoECommType, METHODS[case.scenario.method][0])
-    hidden, router_slot, num_tokens, across = shim.runner_batch(x, encode_routing(topk_ids, topk_weights),
-                                                                case.scenario.token_counts())
+    device = bringup.rank_device()  # the batch as the runner hands it: on the rank's device
+    hidden, router_slot, num_tokens, across = shim.runner_batch(
+        x.to(device), encode_routing(topk_ids.to(device), topk_weights.to(device)), case.scenario.token_counts())
     with set_ascend_forward_context(None, world.vllm_config, num_tokens=num_tokens, num_tokens_across_dp=across):
         context = shim.extra_context()
         selected = context.moe_comm_type

@@ -25,7 +25,9 @@ tensor): reduce_scatter along dims 1 and -1 and all_gather along dim 1. Worked e
 [4, 4, 4] reduced along dim -1: group rank i must keep ``sum[:, :, 2i:2i+2]``, shape [4, 4, 2].
 
 A case whose call raises in a rank (other than NotImplementedError) is recorded as raised there and the
-others go on; the test process reports it as a crash of that case, never as a divergence.
+others go on; the test process reports it as a crash of that case, never as a divergence. Every input is
+made on the coordinator's device (``g.device``: the rank's NPU where vLLM's platform is one), as in the
+reference's collective checks.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _reduce_scatter_3d(dim: int):
         return (2 * n, 2 * n, 2 * n)
 
     def run(g, dtype, salt):
-        return {"result": g.reduce_scatter(exact_values(g.rank, shape(g.world_size), dtype, salt), dim=dim)}
+        return {"result": g.reduce_scatter(exact_values(g.rank, shape(g.world_size), dtype, salt, device=g.device),
+                                           dim=dim)}
 
     def expect(ranks, i, dtype, salt):
         total = _wide_sum([exact_values(q, shape(len(ranks)), dtype, salt) for q in ranks])
@@ -69,7 +72,7 @@ def _reduce_scatter_3d(dim: int):
 
 
 def _run_all_gather_3d(g, dtype, salt):
-    return {"result": g.all_gather(exact_values(g.rank, (2, 2, 3), dtype, salt), dim=1)}
+    return {"result": g.all_gather(exact_values(g.rank, (2, 2, 3), dtype, salt, device=g.device), dim=1)}
 
 
 def _expect_all_gather_3d(ranks, i, dtype, salt):
@@ -109,7 +112,7 @@ def _expect_broadcast_object(src_of):
 def _run_tensor_dict_ring(g, kind):
     if g.world_size == 1:
         return {"result": None}
-    mine = collective_checks.tensor_dict_from(g.rank, kind)
+    mine = collective_checks.tensor_dict_from(g.rank, kind, g.device)  # device tensors, and the host "scale"
     if g.rank_in_group % 2 == 0:
         g.send_tensor_dict(mine)
         return {"result": g.recv_tensor_dict()}

@@ -46,7 +46,8 @@ def label() -> str:
 
 def _environment():
     # vLLM decides its platform from VLLM_TARGET_DEVICE at import; the launcher variables are what a
-    # worker would have (restored afterwards).
+    # worker would have (restored afterwards), the target device the rank's. Outside a world (a policy asked
+    # in the calling process) nothing runs on a device: vLLM's EPLB computes placements on the host.
 
     import torch.distributed as dist
 

@@ -33,8 +33,8 @@ replica but the first.
 
 Platform: vLLM picks its platform by itself. This project's CPU host has vLLM's CUDA wheel and no GPU, so
 vLLM runs on its ``UnspecifiedPlatform`` (device communicator ``DeviceCommunicatorBase``: plain
-torch.distributed calls) and the device is named ``cpu`` explicitly; on an NPU host vllm-ascend is vLLM's
-platform plugin and the device is vLLM's own choice.
+torch.distributed calls) and the device is named explicitly, the rank's (``cpu`` on gloo, ``npu:k`` on the
+emulated NPU); on an NPU host vllm-ascend is vLLM's platform plugin and the device is vLLM's own choice.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def vllm_configuration(config: ParallelConfig, *, additional_config: dict | None
         if cache:
             kwargs["cache_config"] = CacheConfig(**cache)
         if not current_platform.device_type:  # see the module docstring: no platform of vLLM's own here
-            kwargs["device_config"] = DeviceConfig(device="cpu")
+            kwargs["device_config"] = DeviceConfig(device=bringup.rank_device())
         if kv_transfer is not None:
             from vllm.config import KVTransferConfig
 

@@ -13,6 +13,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
+#include <c10/core/CPUAllocator.h>
 #include <ATen/native/CPUFallback.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/alias_native.h>
@@ -182,6 +183,10 @@ struct EmulatedHooks final : at::PrivateUse1HooksInterface {
     grow_storage(storage, nbytes);
     storage.set_nbytes(nbytes);
   }
+  // A non-blocking copy to the host (`t.to("cpu", non_blocking=True)`, as vllm-ascend's dispatchers copy
+  // their split sizes) allocates the host tensor pinned. Host memory is this device's memory: the CPU
+  // allocator stands for the page-locked one.
+  at::Allocator* getPinnedMemoryAllocator() const override { return c10::GetCPUAllocator(); }
 };
 
 c10::Device target(std::optional<c10::Device> device) {

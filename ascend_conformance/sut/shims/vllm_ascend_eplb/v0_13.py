@@ -120,8 +120,10 @@ def attach_weights(layer, weights: dict, num_slots: int) -> None:
         setattr(layer, name, list(weights[role].unbind(0)))
     # as w8a8_dynamic's process_weights_after_loading leaves them: [S, 2I] and [S, H]
     w13, w2 = weights["w13"], weights["w2"]
-    layer.w13_weight_offset = torch.nn.Parameter(torch.zeros(num_slots, w13.shape[1]), requires_grad=False)
-    layer.w2_weight_offset = torch.nn.Parameter(torch.zeros(num_slots, w2.shape[1]), requires_grad=False)
+    layer.w13_weight_offset = torch.nn.Parameter(torch.zeros(num_slots, w13.shape[1], device=w13.device),
+                                                 requires_grad=False)
+    layer.w2_weight_offset = torch.nn.Parameter(torch.zeros(num_slots, w2.shape[1], device=w2.device),
+                                                requires_grad=False)
 
 
 def make_adaptor(model, model_config, stage_layers: list):

@@ -135,6 +135,7 @@ def runner_batch(hidden_states, router_slot, counts):
     if pad > 0:
         hidden_states = torch.cat([hidden_states, hidden_states.new_zeros((pad, hidden_states.shape[1]))])
         router_slot = torch.cat([router_slot, router_slot.new_zeros((pad, router_slot.shape[1]))])
+    # num_tokens_across_dp is host metadata (vLLM's DP metadata keeps it on the CPU), never a device tensor
     return hidden_states, router_slot, largest, torch.tensor([largest] * len(counts), dtype=torch.int32)
 
 
@@ -164,14 +165,14 @@ def forget_layer(layer, holder, vllm_config, prefix: str) -> None:
 def runner_state(vllm_config, max_num_reqs: int) -> None:
     """What NPUModelRunner sets once per process on this line, for this world's deployment (a warm rank
     may have run another deployment before: its cached values are reset first)."""
-    import torch
+    from ascend_conformance.sut import bringup
     from vllm_ascend import ascend_forward_context as context
     from vllm_ascend.ascend_config import get_ascend_config
 
     context._mc2_tokens_capacity = None
     context._reserved_mc2_mask = None
     context.set_mc2_tokens_capacity(vllm_config, max_num_reqs, 1)  # decode query length 1: no speculation
-    context.set_mc2_mask(vllm_config, torch.device("cpu"))
+    context.set_mc2_mask(vllm_config, bringup.rank_device())  # the runner passes its device
     import vllm_ascend.utils as utils
 
     if hasattr(utils, "set_weight_prefetch_method"):

@@ -24,6 +24,7 @@ def runner_batch(hidden_states, router_slot, counts):
     rank runs its own tokens and the forward context gets every rank's count."""
     import torch
 
+    # num_tokens_across_dp: host metadata, as vLLM's DP metadata keeps it
     return hidden_states, router_slot, hidden_states.shape[0], torch.tensor(list(counts), dtype=torch.int32)
 
 

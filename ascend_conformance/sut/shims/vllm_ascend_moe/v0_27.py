@@ -88,10 +88,10 @@ def install_expert_map(layer, new_map) -> None:
 
 
 def runner_state(vllm_config, max_num_reqs: int) -> None:
-    import torch
+    from ascend_conformance.sut import bringup
     from vllm_ascend import ascend_forward_context as context
 
     context._mc2_tokens_capacity = None
     context._reserved_mc2_mask = None
     context.set_mc2_tokens_capacity(vllm_config, max_num_reqs, 1)
-    context.set_mc2_mask(vllm_config, torch.device("cpu"))
+    context.set_mc2_mask(vllm_config, bringup.rank_device())  # the runner passes its device
