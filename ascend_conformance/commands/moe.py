@@ -171,7 +171,8 @@ def _system_under_test(args: argparse.Namespace, scenario):
         except (lines.NotInRelease, lines.ShimMismatch) as exc:
             raise ConfigError(f"--sut vllm-ascend: {exc}") from None
     try:
-        return name, SutCase(scenario, args.expert_map, args.max_num_seqs or MAX_NUM_SEQS, args.force_method)
+        return name, SutCase(scenario, args.expert_map, MAX_NUM_SEQS if args.max_num_seqs is None else args.max_num_seqs,
+                             args.force_method)
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(label) else f"{label} refuses: {message}") from None
