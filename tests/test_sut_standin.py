@@ -120,8 +120,8 @@ def test_hccl_names_resolve_to_their_groups_and_custom_ops_are_the_golden_models
         standin.activate("A3")
         import torch_npu
         from ascend_conformance import golden
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(20000 + os.getpid() % 20000))
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        # A world of one needs no port: an in-process store (a port from the pid collided with another session's).
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         group = dist.new_group([0])
         name = group._get_backend(torch.device("npu")).get_hccl_comm_name(0)
         resolved = standin.process_group_for_hccl_name("op", name) is group
