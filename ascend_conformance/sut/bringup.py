@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
-from ascend_conformance.errors import SutRefused, one_line
+from ascend_conformance.errors import ConfigError, SutRefused, one_line
 from ascend_conformance.sut import installed, lines
 from ascend_conformance.topology import ParallelConfig
 
@@ -167,6 +167,21 @@ def present_rank_device_to_vllm() -> None:
         setattr(current_platform, name, value)
 
 
+def use_source(path: str) -> None:
+    """In a fresh rank: import the vllm_ascend package under ``path`` (a patched copy of the installed one,
+    or a platform engineer's checkout) instead of the installed one; ConfigError when ``path`` holds none, or
+    when this process already imported another."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.join(path, "vllm_ascend")):
+        raise ConfigError(f"{path} holds no vllm_ascend package (expected {path}/vllm_ascend/)")
+    loaded = sys.modules.get("vllm_ascend")
+    if loaded is not None and not os.path.abspath(loaded.__file__).startswith(path + os.sep):
+        raise ConfigError(f"this process already imported vllm_ascend from {os.path.dirname(loaded.__file__)}; "
+                          f"run the one under {path} in a fresh process")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 @contextlib.contextmanager
 def launcher_environment(overrides: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` with ``overrides`` for the duration, then exactly as it was (also undoing whatever
@@ -276,5 +291,5 @@ def destroy_parallel_state() -> None:
         state._WORLD = None
 
 
-__all__ = ["label", "launch_variables", "rank_device", "target_device", "present_rank_device_to_vllm", "launcher_environment", "refusals", "release_message", "configure_everywhere",
+__all__ = ["label", "use_source", "launch_variables", "rank_device", "target_device", "present_rank_device_to_vllm", "launcher_environment", "refusals", "release_message", "configure_everywhere",
            "model_parallel_groups", "destroy_parallel_state", "model_directory", "model_config", "REFUSALS"]

@@ -90,19 +90,9 @@ def shim():
 
 
 def use_source(path: str) -> None:
-    """In a fresh rank: import the vllm_ascend package under ``path`` (a patched copy of the installed one,
-    or a platform engineer's checkout) instead of the installed one."""
-    import sys
-
-    path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, "vllm_ascend")):
-        raise ConfigError(f"{path} holds no vllm_ascend package (expected {path}/vllm_ascend/)")
-    loaded = sys.modules.get("vllm_ascend")
-    if loaded is not None and not os.path.abspath(loaded.__file__).startswith(path + os.sep):
-        raise ConfigError(f"this process already imported vllm_ascend from {os.path.dirname(loaded.__file__)}; "
-                          f"run the one under {path} in a fresh process")
-    if path not in sys.path:
-        sys.path.insert(0, path)
+    """In a fresh rank: import the vllm_ascend package under ``path`` instead of the installed one
+    (:func:`ascend_conformance.sut.bringup.use_source`)."""
+    bringup.use_source(path)
 
 
 def policy_class_names() -> dict[str, str]:

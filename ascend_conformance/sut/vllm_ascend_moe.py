@@ -492,20 +492,6 @@ def _group_key(case: SutCase) -> tuple:
     return (s.world_size, s.dp, s.tp, s.experts, s.top_k, placement, case.redundant, case.max_num_seqs)
 
 
-def _use_source(path: str) -> None:
-    """Put the vllm_ascend package under ``path`` first on this process's path (a platform engineer's
-    checkout, or a patched copy); it must be the one that gets imported."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, "vllm_ascend")):
-        raise ConfigError(f"{path} holds no vllm_ascend package (expected {path}/vllm_ascend/)")
-    loaded = sys.modules.get("vllm_ascend")
-    if loaded is not None and not os.path.abspath(loaded.__file__).startswith(path + os.sep):
-        raise ConfigError(f"this process already imported vllm_ascend from {os.path.dirname(loaded.__file__)}; "
-                          f"run the one under {path} in a fresh process")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-
 def _crash(case: SutCase, device_type: str, exc: BaseException, stage: str = "") -> dict:
     return {"crash": f"{release_label()} {stage}{case.label()} on {device_type}: {one_line(exc, with_type=True)} "
                      f"| repro: {case.repro(device_type)}"}
@@ -567,7 +553,7 @@ def run_cases(cases: list[dict], device_type: str = "A3", vllm_ascend_path: str 
     shim = line_shim()  # resolved (with the label) before a copy of the package goes on the path
     release_label()
     if vllm_ascend_path is not None:
-        _use_source(vllm_ascend_path)
+        bringup.use_source(vllm_ascend_path)
     ops = prepare_process(device_type)
     parsed = [SutCase.from_dict(values) for values in cases]
     results: list = [None] * len(parsed)
