@@ -3,19 +3,9 @@ old_global_expert_indices)`` still returns ``(phy2log, log2phy, logcnt)`` itself
 replicas were added)."""
 from __future__ import annotations
 
-from ascend_conformance.sut.lines import Feature, Need
-
-POLICY_MODULE = "vllm.distributed.eplb.policy"
-DEFAULT_MODULE = "vllm.distributed.eplb.policy.default"
-ENTRY = "DefaultEplbPolicy.rebalance_experts"
-SIZES = ("weight", "num_replicas", "num_groups", "num_nodes", "num_ranks")
-
-FEATURES = {
-    "default_policy": Feature(marker=(Need(POLICY_MODULE, "EPLB_POLICIES"),),
-                              uses=(Need(DEFAULT_MODULE, ENTRY, SIZES),)),
-    "keep_slots": Feature(marker=(Need(DEFAULT_MODULE, ENTRY, ("old_global_expert_indices",)),),
-                          uses=(Need(DEFAULT_MODULE, ENTRY, SIZES),)),
-}
+# What the policy is and how it is asked for are as on 0.13 (the features, the probes); only the call differs.
+from ascend_conformance.sut.shims.vllm_eplb.v0_13 import (DEFAULT_MODULE, ENTRY, FEATURES, POLICY_MODULE,  # noqa: F401
+                                                          SIZES)
 
 
 def place(policy_class, weight, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int,
